@@ -1,0 +1,6 @@
+//! SeaORM entities of taskorch: rows only. Timestamps are microseconds since the Unix epoch (`i64`), so the same
+//! comparisons work on SQLite and PostgreSQL; statuses are stored by their upper-case names.
+
+pub mod event;
+pub mod task;
+pub mod workflow;

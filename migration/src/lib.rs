@@ -1,0 +1,21 @@
+//! Database migrations of taskorch, the same steps for SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_workflow;
+mod m20261126_000002_create_task;
+mod m20261126_000003_create_event;
+
+/// All migrations, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261126_000001_create_workflow::Migration),
+            Box::new(m20261126_000002_create_task::Migration),
+            Box::new(m20261126_000003_create_event::Migration),
+        ]
+    }
+}
