@@ -87,6 +87,34 @@ pub struct WorkflowSpec {
     pub tasks: Vec<TaskSpec>,
 }
 
+impl WorkflowSpec {
+    /// A stable fingerprint of the whole definition (FNV-1a, 64 bit, over its canonical JSON form), used to tell
+    /// a true resubmission from a reused idempotency key.
+    pub fn content_hash(&self) -> String {
+        let tasks: Vec<serde_json::Value> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "key": t.key, "kind": t.kind, "payload": t.payload, "dependsOn": t.depends_on,
+                    "retry": t.retry, "timeoutMs": t.config.timeout_ms, "priority": t.config.priority.get(),
+                    "idempotencyKey": t.config.idempotency_key,
+                    "compensation": t.compensation.as_ref().map(|c| serde_json::json!({
+                        "kind": c.kind, "payload": c.payload, "retry": c.retry
+                    })),
+                })
+            })
+            .collect();
+        let canonical = serde_json::json!({ "name": self.name, "tasks": tasks }).to_string();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in canonical.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
+
 /// Configured bounds of a workflow definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -367,6 +395,18 @@ mod tests {
         for (tasks, expected) in cases {
             assert_eq!(check(tasks).unwrap_err(), expected);
         }
+    }
+
+    #[test]
+    fn content_hash_tells_content_apart() {
+        let a = wf(vec![TaskSpec::new("a", "noop")]);
+        let mut b = a.clone();
+        assert_eq!(a.content_hash(), b.content_hash());
+        b.tasks[0].payload = serde_json::json!({"x": 1});
+        assert_ne!(a.content_hash(), b.content_hash());
+        let mut c = a.clone();
+        c.idempotency_key = Some("k".into());
+        assert_eq!(a.content_hash(), c.content_hash(), "the key itself is not content");
     }
 
     #[test]

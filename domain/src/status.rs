@@ -126,7 +126,7 @@ impl WorkflowStatus {
             (Pending, Running) | (Pending, Cancelled)
             | (Running, Paused) | (Running, Completed) | (Running, Failed) | (Running, Compensating)
             | (Running, Cancelled)
-            | (Paused, Running) | (Paused, Cancelled) | (Paused, Failed) | (Paused, Compensating)
+            | (Paused, Running) | (Paused, Cancelled) | (Paused, Failed) | (Paused, Compensating) | (Paused, Completed)
             | (Compensating, Compensated) | (Compensating, CompensationFailed)
             | (Failed, Running) | (Cancelled, Running) | (CompensationFailed, Compensating)
         )
@@ -171,7 +171,7 @@ mod tests {
         let legal = [
             (Pending, Running), (Pending, Cancelled), (Running, Paused), (Running, Completed),
             (Running, Failed), (Running, Compensating), (Running, Cancelled), (Paused, Running),
-            (Paused, Cancelled), (Paused, Failed), (Paused, Compensating), (Compensating, Compensated),
+            (Paused, Cancelled), (Paused, Failed), (Paused, Compensating), (Paused, Completed), (Compensating, Compensated),
             (Compensating, CompensationFailed), (Failed, Running), (Cancelled, Running),
             (CompensationFailed, Compensating),
         ];

@@ -1,1 +1,18 @@
-//! placeholder
+//! Application layer of taskorch: the use cases (submit, read, dispatch, claim, complete, fail, reap) over the
+//! ports, and their adapters: the SeaORM store, the in-process queue and the in-process event bus. Shared by the
+//! server and the worker.
+
+pub mod bus;
+pub mod db;
+pub mod dispatcher;
+pub mod error;
+pub mod model;
+pub mod queue;
+pub mod service;
+pub mod store;
+pub mod time;
+
+pub use bus::{EventBus, InProcessEventBus};
+pub use error::Error;
+pub use queue::{Dispatch, InProcessQueue, Phase, TaskQueue};
+pub use service::{Engine, EngineOptions};

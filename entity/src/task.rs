@@ -31,6 +31,8 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     /// The compensation (`{kind, payload, retry}`), if any.
     pub compensation: Option<Json>,
+    /// Kind of the compensation, for routing.
+    pub comp_kind: Option<String>,
     pub comp_attempts: i32,
     pub available_at: i64,
     pub dispatched_until: i64,

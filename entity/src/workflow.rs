@@ -12,6 +12,8 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     pub content_hash: String,
     pub task_count: i32,
+    /// Tasks COMPLETED so far; the workflow completes when it reaches `task_count`.
+    pub completed_count: i32,
     pub has_compensation: bool,
     /// Sequence number of the last event appended.
     pub last_sequence: i64,

@@ -16,6 +16,7 @@ impl MigrationTrait for Migration {
                     .col(string_null("idempotency_key"))
                     .col(string("content_hash"))
                     .col(integer("task_count"))
+                    .col(integer("completed_count"))
                     .col(boolean("has_compensation"))
                     .col(big_integer("last_sequence"))
                     .col(big_integer("created_at"))

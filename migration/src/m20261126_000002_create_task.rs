@@ -28,6 +28,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer_null("timeout_ms"))
                     .col(string_null("idempotency_key"))
                     .col(json_null("compensation"))
+                    .col(string_null("comp_kind"))
                     .col(integer("comp_attempts"))
                     .col(big_integer("available_at"))
                     .col(big_integer("dispatched_until"))

@@ -1,0 +1,153 @@
+//! Database connections: a single-writer pool plus a read pool on SQLite (it allows one writer at a time), one
+//! pool on PostgreSQL. Migrations run here.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use taskorch_migration::{Migrator, MigratorTrait};
+
+/// Pool sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub read_connections: u32,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { max_connections: 20, read_connections: 4 }
+    }
+}
+
+/// The connections of one process.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub write: DatabaseConnection,
+    pub read: DatabaseConnection,
+    pub backend: DbBackend,
+}
+
+/// The default database: a SQLite file in the working directory.
+pub const DEFAULT_URL: &str = "sqlite://taskorch.db?mode=rwc";
+
+impl Database {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`).
+    pub async fn connect(url: &str, pools: PoolOptions) -> Result<Self, DbErr> {
+        if url.starts_with("sqlite:") {
+            let write = SeaDatabase::connect(sqlite_options(url, 1)).await?;
+            // WAL is a property of the file: set once, before readers open it.
+            write.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+            let read = SeaDatabase::connect(sqlite_options(url, pools.read_connections.max(1))).await?;
+            Ok(Self { write, read, backend: DbBackend::Sqlite })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let mut opts = ConnectOptions::new(url.to_owned());
+            opts.max_connections(pools.max_connections)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(5))
+                .sqlx_logging(false);
+            let pool = SeaDatabase::connect(opts).await?;
+            Ok(Self { write: pool.clone(), read: pool, backend: DbBackend::Postgres })
+        } else {
+            Err(DbErr::Custom(format!("unsupported database URL scheme in `{}`: use sqlite:// or postgres://", redact(url))))
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.write, None).await
+    }
+
+    /// Number of migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<usize, DbErr> {
+        Ok(Migrator::get_pending_migrations(&self.write).await?.len())
+    }
+
+    /// A statement written with `?` placeholders, rewritten to `$n` for PostgreSQL.
+    pub fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+        stmt(self.backend, sql, values)
+    }
+}
+
+fn sqlite_options(url: &str, connections: u32) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(connections)
+        .min_connections(1)
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+                .statement_cache_capacity(256)
+        });
+    opts
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Builds a statement from SQL with `?` placeholders for either backend.
+pub fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    if backend == DbBackend::Postgres {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for ch in sql.chars() {
+            if ch == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(ch);
+            }
+        }
+        Statement::from_sql_and_values(backend, out, values)
+    } else {
+        Statement::from_sql_and_values(backend, sql, values)
+    }
+}
+
+/// `?, ?, ?` for `n` values.
+pub fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        let s = stmt(DbBackend::Postgres, "SELECT ? WHERE a IN (?, ?)", vec![1.into(), 2.into(), 3.into()]);
+        assert_eq!(s.sql, "SELECT $1 WHERE a IN ($2, $3)");
+        let s = stmt(DbBackend::Sqlite, "SELECT ?", vec![1.into()]);
+        assert_eq!(s.sql, "SELECT ?");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

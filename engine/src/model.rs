@@ -1,0 +1,133 @@
+//! Read models returned by the use cases, built from stored rows with typed ids and statuses.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use taskorch_domain::{EventType, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
+use taskorch_entity::{event, task, workflow};
+
+use crate::error::Error;
+use crate::time::to_datetime;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRecord {
+    pub id: WorkflowId,
+    pub name: String,
+    pub status: WorkflowStatus,
+    pub idempotency_key: Option<String>,
+    pub task_count: i32,
+    pub completed_count: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<workflow::Model> for WorkflowRecord {
+    type Error = Error;
+    fn try_from(m: workflow::Model) -> Result<Self, Error> {
+        Ok(Self {
+            id: WorkflowId(m.id),
+            status: m.status.parse().map_err(Error::corrupt)?,
+            name: m.name,
+            idempotency_key: m.idempotency_key,
+            task_count: m.task_count,
+            completed_count: m.completed_count,
+            created_at: to_datetime(m.created_at),
+            started_at: m.started_at.map(to_datetime),
+            finished_at: m.finished_at.map(to_datetime),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub workflow_id: WorkflowId,
+    pub key: String,
+    pub kind: String,
+    pub position: i32,
+    pub status: TaskStatus,
+    pub attempts: i32,
+    pub payload: Json,
+    pub result: Option<Json>,
+    pub error: Option<String>,
+    pub depends_on: Vec<String>,
+    pub priority: i16,
+    pub timeout_ms: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub compensation: Option<Json>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Raw timestamps in microseconds, for latency measurements.
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+}
+
+impl TryFrom<task::Model> for TaskRecord {
+    type Error = Error;
+    fn try_from(m: task::Model) -> Result<Self, Error> {
+        Ok(Self {
+            id: TaskId(m.id),
+            workflow_id: WorkflowId(m.workflow_id),
+            status: m.status.parse().map_err(Error::corrupt)?,
+            depends_on: serde_json::from_value(m.depends_on).map_err(Error::corrupt)?,
+            key: m.key,
+            kind: m.kind,
+            position: m.position,
+            attempts: m.attempts,
+            payload: m.payload.unwrap_or(Json::Null),
+            result: m.result,
+            error: m.error,
+            priority: m.priority,
+            timeout_ms: m.timeout_ms,
+            idempotency_key: m.idempotency_key,
+            compensation: m.compensation,
+            queued_at: m.queued_at.map(to_datetime),
+            started_at: m.started_at.map(to_datetime),
+            finished_at: m.finished_at.map(to_datetime),
+            started_at_us: m.started_at,
+            finished_at_us: m.finished_at,
+        })
+    }
+}
+
+/// A stored domain event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventRecord {
+    pub workflow_id: WorkflowId,
+    pub sequence: i64,
+    pub event_type: EventType,
+    pub task_key: Option<String>,
+    pub at: DateTime<Utc>,
+    pub data: Json,
+    /// Name of the workflow, for firehose filters.
+    pub workflow_name: String,
+}
+
+impl EventRecord {
+    pub(crate) fn from_model(m: event::Model, workflow_name: String) -> Result<Self, Error> {
+        Ok(Self {
+            workflow_id: WorkflowId(m.workflow_id),
+            sequence: m.sequence,
+            event_type: m.event_type.parse().map_err(Error::corrupt)?,
+            task_key: m.task_key,
+            at: to_datetime(m.at),
+            data: m.data.unwrap_or(Json::Null),
+            workflow_name,
+        })
+    }
+}
+
+/// Filter of the workflow list.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowFilter {
+    pub status: Option<WorkflowStatus>,
+    pub name: Option<String>,
+}
+
+/// One page of workflows, newest first.
+#[derive(Debug, Clone)]
+pub struct WorkflowPage {
+    pub items: Vec<WorkflowRecord>,
+    pub has_next_page: bool,
+}

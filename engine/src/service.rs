@@ -1,0 +1,162 @@
+//! The use cases, over the store, the event bus and the dispatcher's wake-up signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskorch_domain::{Limits, WorkflowId, WorkflowSpec, dag};
+use tokio::sync::Notify;
+
+use crate::bus::EventBus;
+use crate::error::Error;
+use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
+use crate::queue::{Dispatch, Phase};
+use crate::store::{Claimed, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub limits: Limits,
+    /// How long a claimed attempt holds its task without a heartbeat.
+    pub lease: Duration,
+    /// How long a dispatched but unclaimed task waits before it is dispatched again.
+    pub redeliver_after: Duration,
+    /// How often the reaper looks for expired leases.
+    pub reaper_period: Duration,
+    /// Tasks fetched per dispatcher round.
+    pub dispatch_batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            lease: Duration::from_secs(30),
+            redeliver_after: Duration::from_secs(30),
+            reaper_period: Duration::from_secs(5),
+            dispatch_batch: 512,
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    opts: EngineOptions,
+    wake: Notify,
+}
+
+/// The application service shared by the API and the workers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(store: Store, bus: Arc<dyn EventBus>, opts: EngineOptions) -> Self {
+        Self { inner: Arc::new(Inner { store, bus, opts, wake: Notify::new() }) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.inner.bus
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// Validates, stores and starts a workflow. A resubmission with the same idempotency key and content returns
+    /// the original; the same key with other content is a conflict.
+    pub async fn submit(&self, spec: WorkflowSpec) -> Result<WorkflowRecord, Error> {
+        let content_hash = spec.content_hash();
+        let validated = dag::validate(spec, &self.inner.opts.limits)?;
+        match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash }).await? {
+            SubmitOutcome::Existing(record) => Ok(record),
+            SubmitOutcome::Created(record, events) => {
+                self.inner.bus.publish(events);
+                self.wake_dispatcher();
+                Ok(record)
+            }
+        }
+    }
+
+    pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
+        self.inner.store.workflow(id).await
+    }
+
+    pub async fn workflows(
+        &self,
+        filter: &WorkflowFilter,
+        after: Option<WorkflowId>,
+        first: u64,
+    ) -> Result<WorkflowPage, Error> {
+        self.inner.store.list_workflows(filter, after, first).await
+    }
+
+    pub async fn tasks_of(
+        &self,
+        ids: &[WorkflowId],
+    ) -> Result<std::collections::HashMap<WorkflowId, Vec<TaskRecord>>, Error> {
+        self.inner.store.tasks_of(ids).await
+    }
+
+    pub async fn task(&self, id: WorkflowId, key: &str) -> Result<Option<TaskRecord>, Error> {
+        self.inner.store.task_by_key(id, key).await
+    }
+
+    pub async fn events(&self, id: WorkflowId, after_sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
+        self.inner.store.events(id, after_sequence, limit).await
+    }
+
+    /// Due tasks for the queue.
+    pub async fn fetch_due(&self, limit: usize, kinds: Option<&[String]>) -> Result<Vec<Dispatch>, Error> {
+        let visibility = self.inner.opts.redeliver_after.as_micros() as i64;
+        self.inner.store.fetch_due(limit, kinds, visibility).await
+    }
+
+    /// Claims delivered tasks (fenced); publishes TASK_STARTED.
+    pub async fn claim(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
+        let (claimed, events) = self.inner.store.claim(batch, self.inner.opts.lease.as_micros() as i64).await?;
+        self.inner.bus.publish(events);
+        Ok(claimed)
+    }
+
+    /// Records attempt outcomes; publishes their events and wakes the dispatcher when tasks became ready.
+    pub async fn report(&self, outcomes: Vec<Outcome>) -> Result<Report, Error> {
+        let mut jitter = || rand::random::<f64>();
+        let mut report = self.inner.store.report(outcomes, &mut jitter).await?;
+        self.inner.bus.publish(std::mem::take(&mut report.events));
+        if report.made_ready > 0 {
+            self.wake_dispatcher();
+        }
+        Ok(report)
+    }
+
+    /// Extends held leases; returns the attempts that were lost.
+    pub async fn heartbeat(&self, held: &[(taskorch_domain::TaskId, Phase, i32)]) -> Result<Vec<taskorch_domain::TaskId>, Error> {
+        self.inner.store.heartbeat(held, self.inner.opts.lease.as_micros() as i64).await
+    }
+
+    /// Turns expired leases into failed attempts ("worker lost"); returns how many.
+    pub async fn reap_once(&self) -> Result<usize, Error> {
+        let expired = self.inner.store.expired_leases(1000).await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let report = self.report(expired).await?;
+        Ok(report.events.len().max(1))
+    }
+
+    /// Tells the dispatcher that tasks may have become ready.
+    pub fn wake_dispatcher(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Waits until woken or `timeout` passes.
+    pub async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
+    }
+}

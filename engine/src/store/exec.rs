@@ -1,0 +1,277 @@
+//! Execution: fetching due tasks for dispatch, fenced claims, heartbeats and the reaper's scan.
+
+use std::collections::HashMap;
+
+use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
+use serde_json::Value as Json;
+use taskorch_domain::{EventType, NewEvent, TaskId, WorkflowId};
+use uuid::Uuid;
+
+use super::Store;
+use crate::db::placeholders;
+use crate::error::Error;
+use crate::model::EventRecord;
+use crate::queue::{Dispatch, Phase};
+use crate::time::now_us;
+
+/// A task claimed by a worker: everything its handler needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub task_id: TaskId,
+    pub workflow_id: WorkflowId,
+    pub key: String,
+    pub kind: String,
+    pub phase: Phase,
+    /// 1-based attempt number; also the fence for reporting.
+    pub attempt: i32,
+    pub payload: Json,
+    /// Results of the dependencies by key (run phase), or `{payload, result}` of the task being compensated.
+    pub inputs: Json,
+    pub idempotency_key: Option<String>,
+    pub timeout_ms: Option<i64>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutcomeKind {
+    Completed(Json),
+    Failed(String),
+    /// Not finished (worker shutting down): back to the queue, not counted as an attempt.
+    Released,
+}
+
+/// The end of an attempt, reported by the worker that holds it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub task_id: TaskId,
+    pub phase: Phase,
+    pub attempt: i32,
+    pub kind: OutcomeKind,
+}
+
+/// What a batch of reports changed.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub events: Vec<EventRecord>,
+    /// Tasks made ready for dispatch.
+    pub made_ready: usize,
+    /// Reports refused because the attempt no longer held the task.
+    pub stale: usize,
+}
+
+const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
+
+impl Store {
+    /// Marks up to `limit` due tasks as dispatched for `visibility_us` and returns them, highest priority first.
+    /// A dispatched task that is still unclaimed when the visibility runs out is dispatched again.
+    pub async fn fetch_due(
+        &self,
+        limit: usize,
+        kinds: Option<&[String]>,
+        visibility_us: i64,
+    ) -> Result<Vec<Dispatch>, Error> {
+        let now = now_us();
+        let mut values: Vec<Value> = vec![(now + visibility_us).into(), now.into(), now.into()];
+        let mut kind_filter = String::new();
+        if let Some(kinds) = kinds {
+            let ph = placeholders(kinds.len());
+            kind_filter = format!(
+                " AND ((t.status <> 'COMPENSATING' AND t.kind IN ({ph})) \
+                 OR (t.status = 'COMPENSATING' AND t.comp_kind IN ({ph})))"
+            );
+            for _ in 0..2 {
+                values.extend(kinds.iter().map(|k| Value::from(k.clone())));
+            }
+        }
+        values.push((limit as i64).into());
+        let lock = if self.db.backend == DbBackend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE task SET dispatched_until = ? WHERE id IN (\
+               SELECT t.id FROM task t JOIN workflow w ON w.id = t.workflow_id \
+               WHERE t.status IN ('QUEUED', 'RETRYING', 'COMPENSATING') AND t.lease_until IS NULL \
+                 AND t.available_at <= ? AND t.dispatched_until <= ? \
+                 AND ((t.status <> 'COMPENSATING' AND w.status = 'RUNNING') \
+                   OR (t.status = 'COMPENSATING' AND w.status = 'COMPENSATING')){kind_filter} \
+               ORDER BY t.priority DESC, t.available_at LIMIT ?{lock}) \
+             RETURNING id, workflow_id, status, kind, comp_kind, priority, attempts, comp_attempts, available_at"
+        );
+        let rows = self.db.write.query_all_raw(self.db.stmt(&sql, values)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status: String = row.try_get_by_index(2)?;
+            let compensate = status == "COMPENSATING";
+            let kind: String = row.try_get_by_index(3)?;
+            let comp_kind: Option<String> = row.try_get_by_index(4)?;
+            let available_at: i64 = row.try_get_by_index(8)?;
+            out.push(Dispatch {
+                task_id: TaskId(row.try_get_by_index(0)?),
+                workflow_id: WorkflowId(row.try_get_by_index(1)?),
+                phase: if compensate { Phase::Compensate } else { Phase::Run },
+                kind: if compensate { comp_kind.unwrap_or(kind) } else { kind },
+                priority: row.try_get_by_index(5)?,
+                fence: if compensate { row.try_get_by_index(7)? } else { row.try_get_by_index(6)? },
+                seq: available_at.max(0) as u64,
+            });
+        }
+        out.sort_by(|a, b| b.cmp(a));
+        Ok(out)
+    }
+
+    /// Claims dispatched tasks with fenced conditional updates, in one transaction. A duplicate or stale message
+    /// (the row moved on) claims nothing and is dropped.
+    pub async fn claim(&self, batch: &[Dispatch], lease_us: i64) -> Result<(Vec<Claimed>, Vec<EventRecord>), Error> {
+        let now = now_us();
+        let txn = self.db.write.begin().await?;
+        let mut claimed = Vec::with_capacity(batch.len());
+        let mut started: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
+        for d in batch {
+            let row = match d.phase {
+                Phase::Run => {
+                    txn.query_one_raw(self.db.stmt(
+                        &format!(
+                            "UPDATE task SET status = 'RUNNING', attempts = attempts + 1, lease_until = ?, \
+                               started_at = ?, error = NULL \
+                             WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} AND EXISTS (\
+                               SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
+                             RETURNING key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on"
+                        ),
+                        vec![(now + lease_us).into(), now.into(), d.task_id.0.into(), d.fence.into()],
+                    ))
+                    .await?
+                }
+                Phase::Compensate => {
+                    txn.query_one_raw(self.db.stmt(
+                        "UPDATE task SET lease_until = ?, comp_attempts = comp_attempts + 1 \
+                         WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' AND lease_until IS NULL \
+                         RETURNING key, comp_kind, compensation, comp_attempts, idempotency_key, timeout_ms, \
+                           payload, result",
+                        vec![(now + lease_us).into(), d.task_id.0.into(), d.fence.into()],
+                    ))
+                    .await?
+                }
+            };
+            let Some(row) = row else { continue };
+            let key: String = row.try_get_by_index(0)?;
+            let attempt: i32 = row.try_get_by_index(3)?;
+            let (kind, payload, inputs) = match d.phase {
+                Phase::Run => {
+                    let deps: Json = row.try_get_by_index(6)?;
+                    let payload: Option<Json> = row.try_get_by_index(2)?;
+                    (row.try_get_by_index::<String>(1)?, payload.unwrap_or(Json::Null), deps)
+                }
+                Phase::Compensate => {
+                    let comp: Option<Json> = row.try_get_by_index(2)?;
+                    let comp = comp.unwrap_or(Json::Null);
+                    let original_payload: Option<Json> = row.try_get_by_index(6)?;
+                    let original_result: Option<Json> = row.try_get_by_index(7)?;
+                    let inputs = serde_json::json!({
+                        "payload": original_payload.unwrap_or(Json::Null),
+                        "result": original_result.unwrap_or(Json::Null),
+                    });
+                    let kind: Option<String> = row.try_get_by_index(1)?;
+                    (kind.unwrap_or_default(), comp.get("payload").cloned().unwrap_or(Json::Null), inputs)
+                }
+            };
+            if d.phase == Phase::Run {
+                started
+                    .entry(d.workflow_id.0)
+                    .or_default()
+                    .push(NewEvent::task(EventType::TaskStarted, key.clone()).with_data(serde_json::json!({ "attempt": attempt })));
+            }
+            claimed.push(Claimed {
+                task_id: d.task_id,
+                workflow_id: d.workflow_id,
+                key,
+                kind,
+                phase: d.phase,
+                attempt,
+                payload,
+                inputs,
+                idempotency_key: row.try_get_by_index(4)?,
+                timeout_ms: row.try_get_by_index(5)?,
+            });
+        }
+        let mut events = Vec::new();
+        for (wf, evs) in started {
+            events.extend(self.append_events(&txn, wf, evs, now).await?);
+        }
+        txn.commit().await?;
+        // Inputs: the results of each run-phase task's dependencies, read after the claim committed.
+        for c in claimed.iter_mut().filter(|c| c.phase == Phase::Run) {
+            let deps: Vec<String> = serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?;
+            c.inputs = self.results_of(c.workflow_id, &deps).await?;
+        }
+        Ok((claimed, events))
+    }
+
+    /// Results of the named tasks of a workflow, as a JSON object by key.
+    async fn results_of(&self, wf: WorkflowId, keys: &[String]) -> Result<Json, Error> {
+        let mut map = serde_json::Map::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut values: Vec<Value> = vec![wf.0.into()];
+            values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+            let rows = self
+                .db
+                .read
+                .query_all_raw(self.db.stmt(
+                    &format!("SELECT key, result FROM task WHERE workflow_id = ? AND key IN ({})", placeholders(chunk.len())),
+                    values,
+                ))
+                .await?;
+            for row in rows {
+                let key: String = row.try_get_by_index(0)?;
+                let result: Option<Json> = row.try_get_by_index(1)?;
+                map.insert(key, result.unwrap_or(Json::Null));
+            }
+        }
+        Ok(Json::Object(map))
+    }
+
+    /// Extends the leases of attempts still held; returns the tasks whose attempt is no longer held (cancelled,
+    /// reaped or finished elsewhere), whose handlers should stop.
+    pub async fn heartbeat(&self, held: &[(TaskId, Phase, i32)], lease_us: i64) -> Result<Vec<TaskId>, Error> {
+        let until = now_us() + lease_us;
+        let txn = self.db.write.begin().await?;
+        let mut lost = Vec::new();
+        for (id, phase, attempt) in held {
+            let sql = match phase {
+                Phase::Run => "UPDATE task SET lease_until = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING'",
+                Phase::Compensate => {
+                    "UPDATE task SET lease_until = ? WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' \
+                     AND lease_until IS NOT NULL"
+                }
+            };
+            let res = txn.execute_raw(self.db.stmt(sql, vec![until.into(), id.0.into(), (*attempt).into()])).await?;
+            if res.rows_affected() == 0 {
+                lost.push(*id);
+            }
+        }
+        txn.commit().await?;
+        Ok(lost)
+    }
+
+    /// Attempts whose lease expired (their worker is gone), as failed outcomes for the reaper to report.
+    pub async fn expired_leases(&self, limit: u64) -> Result<Vec<Outcome>, Error> {
+        let rows = self
+            .db
+            .write
+            .query_all_raw(self.db.stmt(
+                "SELECT id, status, attempts, comp_attempts FROM task \
+                 WHERE lease_until IS NOT NULL AND lease_until < ? LIMIT ?",
+                vec![now_us().into(), (limit as i64).into()],
+            ))
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let status: String = row.try_get_by_index(1)?;
+            let compensate = status == "COMPENSATING";
+            out.push(Outcome {
+                task_id: TaskId(row.try_get_by_index(0)?),
+                phase: if compensate { Phase::Compensate } else { Phase::Run },
+                attempt: if compensate { row.try_get_by_index(3)? } else { row.try_get_by_index(2)? },
+                kind: OutcomeKind::Failed("worker lost: the attempt's lease expired".to_owned()),
+            });
+        }
+        Ok(out)
+    }
+}

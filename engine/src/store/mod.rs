@@ -1,0 +1,96 @@
+//! The SeaORM repository: every SQL statement of taskorch lives under this module. Writes that belong together
+//! (a state change, its events, the tasks it makes ready) share one transaction.
+
+mod exec;
+mod report;
+mod read;
+mod submit;
+
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
+use taskorch_domain::NewEvent;
+use taskorch_entity::event;
+use uuid::Uuid;
+
+pub use exec::{Claimed, Outcome, OutcomeKind, Report};
+pub use submit::{NewWorkflow, SubmitOutcome};
+
+use crate::db::Database;
+use crate::error::Error;
+use crate::model::EventRecord;
+
+/// Repository over the database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Appends events to a workflow, numbering them after its last sequence, inside the caller's transaction.
+    async fn append_events<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        workflow_id: Uuid,
+        events: Vec<NewEvent>,
+        at: i64,
+    ) -> Result<Vec<EventRecord>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let row = conn
+            .query_one_raw(self.db.stmt(
+                "UPDATE workflow SET last_sequence = last_sequence + ?, updated_at = ? WHERE id = ? \
+                 RETURNING last_sequence, name",
+                vec![(events.len() as i64).into(), at.into(), workflow_id.into()],
+            ))
+            .await?
+            .ok_or_else(|| Error::corrupt(format!("workflow {workflow_id} vanished")))?;
+        let last: i64 = row.try_get_by_index(0)?;
+        let name: String = row.try_get_by_index(1)?;
+        let first = last - events.len() as i64 + 1;
+        let records: Vec<EventRecord> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| EventRecord {
+                workflow_id: taskorch_domain::WorkflowId(workflow_id),
+                sequence: first + i as i64,
+                event_type: e.event_type,
+                task_key: e.task_key,
+                at: crate::time::to_datetime(at),
+                data: e.data,
+                workflow_name: name.clone(),
+            })
+            .collect();
+        insert_events(conn, &records, at).await?;
+        Ok(records)
+    }
+}
+
+/// Inserts event rows in chunks (one statement per chunk).
+async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
+    for chunk in records.chunks(2000) {
+        let models = chunk.iter().map(|r| event::ActiveModel {
+            workflow_id: sea_orm::Set(r.workflow_id.0),
+            sequence: sea_orm::Set(r.sequence),
+            event_type: sea_orm::Set(r.event_type.as_str().to_owned()),
+            task_key: sea_orm::Set(r.task_key.clone()),
+            at: sea_orm::Set(at),
+            data: sea_orm::Set(if r.data.is_null() { None } else { Some(r.data.clone()) }),
+        });
+        event::Entity::insert_many(models).exec_without_returning(conn).await?;
+    }
+    Ok(())
+}
+
+/// Whether an error is a unique-constraint violation.
+fn is_unique_violation(err: &DbErr) -> bool {
+    let text = err.to_string().to_lowercase();
+    text.contains("unique") || text.contains("duplicate key")
+}

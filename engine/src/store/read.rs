@@ -1,0 +1,100 @@
+//! Reads. Lists page by id (ids are time-ordered UUIDv7), newest first.
+
+use std::collections::HashMap;
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use taskorch_domain::WorkflowId;
+use taskorch_entity::{event, task, workflow};
+
+use super::Store;
+use crate::error::Error;
+use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
+
+impl Store {
+    pub(crate) async fn workflow_row(&self, id: WorkflowId) -> Result<Option<workflow::Model>, Error> {
+        Ok(workflow::Entity::find_by_id(id.0).one(&self.db.read).await?)
+    }
+
+    /// One workflow.
+    pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
+        self.workflow_row(id).await?.map(TryInto::try_into).transpose()
+    }
+
+    /// Several workflows by id (for batch loading).
+    pub async fn workflows_by_ids(&self, ids: &[WorkflowId]) -> Result<Vec<WorkflowRecord>, Error> {
+        let rows = workflow::Entity::find()
+            .filter(workflow::Column::Id.is_in(ids.iter().map(|i| i.0)))
+            .all(&self.db.read)
+            .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// A page of workflows after the cursor `after` (an id), newest first.
+    pub async fn list_workflows(
+        &self,
+        filter: &WorkflowFilter,
+        after: Option<WorkflowId>,
+        first: u64,
+    ) -> Result<WorkflowPage, Error> {
+        let mut q = workflow::Entity::find();
+        if let Some(status) = filter.status {
+            q = q.filter(workflow::Column::Status.eq(status.as_str()));
+        }
+        if let Some(name) = &filter.name {
+            q = q.filter(workflow::Column::Name.eq(name.as_str()));
+        }
+        if let Some(after) = after {
+            q = q.filter(workflow::Column::Id.lt(after.0));
+        }
+        let mut rows = q.order_by_desc(workflow::Column::Id).limit(first + 1).all(&self.db.read).await?;
+        let has_next_page = rows.len() as u64 > first;
+        rows.truncate(first as usize);
+        Ok(WorkflowPage { items: rows.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?, has_next_page })
+    }
+
+    /// All tasks of the given workflows, in definition order, in one statement.
+    pub async fn tasks_of(&self, ids: &[WorkflowId]) -> Result<HashMap<WorkflowId, Vec<TaskRecord>>, Error> {
+        let rows = task::Entity::find()
+            .filter(task::Column::WorkflowId.is_in(ids.iter().map(|i| i.0)))
+            .order_by_asc(task::Column::WorkflowId)
+            .order_by_asc(task::Column::Position)
+            .all(&self.db.read)
+            .await?;
+        let mut out: HashMap<WorkflowId, Vec<TaskRecord>> = HashMap::with_capacity(ids.len());
+        for row in rows {
+            let t = TaskRecord::try_from(row)?;
+            out.entry(t.workflow_id).or_default().push(t);
+        }
+        Ok(out)
+    }
+
+    /// One task by its key.
+    pub async fn task_by_key(&self, id: WorkflowId, key: &str) -> Result<Option<TaskRecord>, Error> {
+        task::Entity::find()
+            .filter(task::Column::WorkflowId.eq(id.0))
+            .filter(task::Column::Key.eq(key))
+            .one(&self.db.read)
+            .await?
+            .map(TryInto::try_into)
+            .transpose()
+    }
+
+    /// Events of a workflow after `after_sequence`, in order, at most `limit`.
+    pub async fn events(&self, id: WorkflowId, after_sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
+        let Some(wf) = self.workflow_row(id).await? else { return Ok(Vec::new()) };
+        let rows = event::Entity::find()
+            .filter(event::Column::WorkflowId.eq(id.0))
+            .filter(event::Column::Sequence.gt(after_sequence))
+            .order_by_asc(event::Column::Sequence)
+            .limit(limit)
+            .all(&self.db.read)
+            .await?;
+        rows.into_iter().map(|m| EventRecord::from_model(m, wf.name.clone())).collect()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.read.ping().await?;
+        Ok(())
+    }
+}

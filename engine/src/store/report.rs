@@ -1,0 +1,435 @@
+//! Recording how attempts ended: completion (making dependents ready and completing the workflow), failure
+//! (retry, or fail the workflow / start the saga), release, and the saga's progress. Each batch is one
+//! transaction.
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
+use serde_json::{Value as Json, json};
+use taskorch_domain::saga::{self, SagaNode, SagaProgress};
+use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
+use uuid::Uuid;
+
+use super::exec::{Outcome, OutcomeKind, Report};
+use super::Store;
+use crate::db::placeholders;
+use crate::error::Error;
+use crate::queue::Phase;
+use crate::time::now_us;
+
+fn json_value(v: Json) -> Value {
+    if v.is_null() { Option::<Json>::None.into() } else { Some(v).into() }
+}
+
+impl Store {
+    /// Records a batch of attempt outcomes in one transaction. `jitter` draws samples in [0, 1] for retry delays.
+    pub async fn report(&self, outcomes: Vec<Outcome>, jitter: &mut (dyn FnMut() -> f64 + Send)) -> Result<Report, Error> {
+        let now = now_us();
+        let txn = self.db.write.begin().await?;
+        let mut report = Report::default();
+        for o in outcomes {
+            let done = match (o.phase, o.kind) {
+                (Phase::Run, OutcomeKind::Completed(result)) => {
+                    self.complete(&txn, &o.task_id.0, o.attempt, result, now, &mut report).await?
+                }
+                (Phase::Run, OutcomeKind::Failed(error)) => {
+                    self.fail(&txn, &o.task_id.0, o.attempt, &error, now, jitter(), &mut report).await?
+                }
+                (Phase::Run, OutcomeKind::Released) => self.release(&txn, &o.task_id.0, o.attempt, now, &mut report).await?,
+                (Phase::Compensate, OutcomeKind::Completed(_)) => {
+                    self.compensated(&txn, &o.task_id.0, o.attempt, now, &mut report).await?
+                }
+                (Phase::Compensate, OutcomeKind::Failed(error)) => {
+                    self.compensation_failed(&txn, &o.task_id.0, o.attempt, &error, now, jitter(), &mut report).await?
+                }
+                (Phase::Compensate, OutcomeKind::Released) => {
+                    let res = txn
+                        .execute_raw(self.db.stmt(
+                            "UPDATE task SET comp_attempts = comp_attempts - 1, lease_until = NULL, dispatched_until = 0 \
+                             WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' AND lease_until IS NOT NULL",
+                            vec![o.task_id.0.into(), o.attempt.into()],
+                        ))
+                        .await?;
+                    res.rows_affected() > 0
+                }
+            };
+            if !done {
+                report.stale += 1;
+            }
+        }
+        txn.commit().await?;
+        Ok(report)
+    }
+
+    async fn complete(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &Uuid,
+        attempt: i32,
+        result: Json,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<bool, Error> {
+        let Some(row) = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, finished_at = ? \
+                 WHERE id = ? AND attempts = ? AND status = 'RUNNING' RETURNING workflow_id, key, dependents",
+                vec![json_value(result), now.into(), (*id).into(), attempt.into()],
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let wf: Uuid = row.try_get_by_index(0)?;
+        let key: String = row.try_get_by_index(1)?;
+        let dependents: Vec<String> = serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
+        let mut events =
+            vec![NewEvent::task(EventType::TaskCompleted, key).with_data(json!({ "attempt": attempt }))];
+        if !dependents.is_empty() {
+            for chunk in dependents.chunks(500) {
+                let mut values: Vec<Value> = vec![wf.into()];
+                values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+                let ph = placeholders(chunk.len());
+                txn.execute_raw(self.db.stmt(
+                    &format!(
+                        "UPDATE task SET pending_deps = pending_deps - 1 \
+                         WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING'"
+                    ),
+                    values.clone(),
+                ))
+                .await?;
+                let mut ready_values: Vec<Value> = vec![now.into(), now.into()];
+                ready_values.extend(values);
+                let ready = txn
+                    .query_all_raw(self.db.stmt(
+                        &format!(
+                            "UPDATE task SET status = 'QUEUED', queued_at = ?, available_at = ?, dispatched_until = 0 \
+                             WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING' AND pending_deps = 0 \
+                             RETURNING key, position"
+                        ),
+                        ready_values,
+                    ))
+                    .await?;
+                let mut ready: Vec<(i32, String)> = ready
+                    .iter()
+                    .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
+                    .collect::<Result<_, sea_orm::DbErr>>()?;
+                ready.sort();
+                report.made_ready += ready.len();
+                events.extend(ready.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskQueued, k)));
+            }
+        }
+        let row = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE workflow SET completed_count = completed_count + 1 WHERE id = ? \
+                 RETURNING completed_count, task_count, status",
+                vec![wf.into()],
+            ))
+            .await?
+            .ok_or_else(|| crate::Error::corrupt("workflow of a task vanished"))?;
+        let (completed, total): (i32, i32) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+        let status: WorkflowStatus = row.try_get_by_index::<String>(2)?.parse().map_err(crate::Error::corrupt)?;
+        if completed == total && matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused) {
+            self.set_workflow_status(txn, wf, status, WorkflowStatus::Completed, now).await?;
+            events.push(NewEvent::workflow(EventType::WorkflowCompleted));
+        }
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &Uuid,
+        attempt: i32,
+        error: &str,
+        now: i64,
+        sample: f64,
+        report: &mut Report,
+    ) -> Result<bool, Error> {
+        let Some(row) = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE task SET lease_until = NULL, error = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING' \
+                 RETURNING workflow_id, key, retry",
+                vec![error.into(), (*id).into(), attempt.into()],
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let wf: Uuid = row.try_get_by_index(0)?;
+        let key: String = row.try_get_by_index(1)?;
+        let policy: RetryPolicy = serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
+        let failed = NewEvent::task(EventType::TaskFailed, key.clone()).with_data(json!({ "attempt": attempt, "error": error }));
+        let status: WorkflowStatus = self.workflow_status(txn, wf).await?;
+        let active = matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused);
+        if active && policy.should_retry(attempt as u32) {
+            let delay = policy.delay(attempt as u32, sample);
+            let delay_us = delay.as_micros() as i64;
+            txn.execute_raw(self.db.stmt(
+                "UPDATE task SET status = 'RETRYING', available_at = ?, dispatched_until = 0 WHERE id = ?",
+                vec![(now + delay_us).into(), (*id).into()],
+            ))
+            .await?;
+            report.made_ready += 1;
+            let retrying = NewEvent::task(EventType::TaskRetrying, key)
+                .with_data(json!({ "attempt": attempt + 1, "delayMs": delay.as_millis() as u64 }));
+            report.events.extend(self.append_events(txn, wf, vec![failed, retrying], now).await?);
+            return Ok(true);
+        }
+        txn.execute_raw(self.db.stmt(
+            "UPDATE task SET status = 'FAILED', finished_at = ? WHERE id = ?",
+            vec![now.into(), (*id).into()],
+        ))
+        .await?;
+        let mut events = vec![failed];
+        if active {
+            events.extend(self.fail_workflow(txn, wf, status, now, report).await?);
+        }
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        Ok(true)
+    }
+
+    /// A task failed for good: cancel what has not finished, then compensate (if any completed task has a
+    /// compensation) or fail the workflow.
+    async fn fail_workflow(
+        &self,
+        txn: &DatabaseTransaction,
+        wf: Uuid,
+        status: WorkflowStatus,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<Vec<NewEvent>, Error> {
+        let compensable = txn
+            .query_one_raw(self.db.stmt(
+                "SELECT COUNT(*) FROM task WHERE workflow_id = ? AND status = 'COMPLETED' AND compensation IS NOT NULL",
+                vec![wf.into()],
+            ))
+            .await?
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .transpose()?
+            .unwrap_or(0);
+        let mut events = Vec::new();
+        let target = if compensable > 0 { WorkflowStatus::Compensating } else { WorkflowStatus::Failed };
+        self.set_workflow_status(txn, wf, status, target, now).await?;
+        if compensable > 0 {
+            events.push(NewEvent::workflow(EventType::CompensationStarted));
+        }
+        events.extend(self.cancel_unfinished(txn, wf, now).await?);
+        if compensable > 0 {
+            events.extend(self.saga_step(txn, wf, now, report).await?);
+        } else {
+            events.push(NewEvent::workflow(EventType::WorkflowFailed));
+        }
+        Ok(events)
+    }
+
+    /// Cancels every task of the workflow that has not finished (running attempts lose their lease, so their
+    /// workers stop them at the next heartbeat). Returns the TASK_CANCELLED events in definition order.
+    pub(crate) async fn cancel_unfinished(
+        &self,
+        txn: &DatabaseTransaction,
+        wf: Uuid,
+        now: i64,
+    ) -> Result<Vec<NewEvent>, Error> {
+        let rows = txn
+            .query_all_raw(self.db.stmt(
+                "UPDATE task SET status = 'CANCELLED', lease_until = NULL, finished_at = ? \
+                 WHERE workflow_id = ? AND status IN ('PENDING', 'QUEUED', 'RUNNING', 'RETRYING') \
+                 RETURNING key, position",
+                vec![now.into(), wf.into()],
+            ))
+            .await?;
+        let mut keys: Vec<(i32, String)> =
+            rows.iter().map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?))).collect::<Result<_, sea_orm::DbErr>>()?;
+        keys.sort();
+        Ok(keys.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskCancelled, k)).collect())
+    }
+
+    async fn release(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &Uuid,
+        attempt: i32,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<bool, Error> {
+        let Some(row) = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE task SET status = 'QUEUED', attempts = attempts - 1, lease_until = NULL, dispatched_until = 0, \
+                   available_at = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING' RETURNING workflow_id, key",
+                vec![now.into(), (*id).into(), attempt.into()],
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let wf: Uuid = row.try_get_by_index(0)?;
+        let key: String = row.try_get_by_index(1)?;
+        report.made_ready += 1;
+        let ev = NewEvent::task(EventType::TaskQueued, key).with_data(json!({ "reason": "released by a stopping worker" }));
+        report.events.extend(self.append_events(txn, wf, vec![ev], now).await?);
+        Ok(true)
+    }
+
+    async fn compensated(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &Uuid,
+        attempt: i32,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<bool, Error> {
+        let Some(row) = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE task SET status = 'COMPENSATED', lease_until = NULL WHERE id = ? AND comp_attempts = ? \
+                 AND status = 'COMPENSATING' AND lease_until IS NOT NULL RETURNING workflow_id, key",
+                vec![(*id).into(), attempt.into()],
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let wf: Uuid = row.try_get_by_index(0)?;
+        let key: String = row.try_get_by_index(1)?;
+        let mut events = vec![NewEvent::task(EventType::TaskCompensated, key)];
+        events.extend(self.saga_step(txn, wf, now, report).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn compensation_failed(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &Uuid,
+        attempt: i32,
+        error: &str,
+        now: i64,
+        sample: f64,
+        report: &mut Report,
+    ) -> Result<bool, Error> {
+        let Some(row) = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE task SET lease_until = NULL, error = ? WHERE id = ? AND comp_attempts = ? \
+                 AND status = 'COMPENSATING' AND lease_until IS NOT NULL RETURNING workflow_id, key, compensation",
+                vec![error.into(), (*id).into(), attempt.into()],
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let wf: Uuid = row.try_get_by_index(0)?;
+        let key: String = row.try_get_by_index(1)?;
+        let comp: Option<Json> = row.try_get_by_index(2)?;
+        let policy: RetryPolicy = comp
+            .and_then(|c| c.get("retry").cloned())
+            .and_then(|r| serde_json::from_value(r).ok())
+            .unwrap_or_default();
+        if policy.should_retry(attempt as u32) {
+            let delay = policy.delay(attempt as u32, sample).as_micros() as i64;
+            txn.execute_raw(self.db.stmt(
+                "UPDATE task SET available_at = ?, dispatched_until = 0 WHERE id = ?",
+                vec![(now + delay).into(), (*id).into()],
+            ))
+            .await?;
+            report.made_ready += 1;
+            return Ok(true);
+        }
+        txn.execute_raw(self.db.stmt("UPDATE task SET status = 'COMPENSATION_FAILED' WHERE id = ?", vec![(*id).into()]))
+            .await?;
+        let mut events = vec![NewEvent::task(EventType::TaskCompensationFailed, key)
+            .with_data(json!({ "attempt": attempt, "error": error }))];
+        events.extend(self.saga_step(txn, wf, now, report).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        Ok(true)
+    }
+
+    /// Moves the saga on: starts the compensations whose dependents are all undone, or ends it.
+    pub(crate) async fn saga_step(
+        &self,
+        txn: &DatabaseTransaction,
+        wf: Uuid,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<Vec<NewEvent>, Error> {
+        let rows = txn
+            .query_all_raw(self.db.stmt(
+                "SELECT key, status, compensation IS NOT NULL, dependents, id FROM task WHERE workflow_id = ? \
+                 ORDER BY position",
+                vec![wf.into()],
+            ))
+            .await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut statuses = Vec::with_capacity(rows.len());
+        let mut comps = Vec::with_capacity(rows.len());
+        let mut dependents_keys: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            keys.push(r.try_get_by_index::<String>(0)?);
+            statuses.push(r.try_get_by_index::<String>(1)?.parse::<TaskStatus>().map_err(crate::Error::corrupt)?);
+            comps.push(r.try_get_by_index::<bool>(2)?);
+            dependents_keys.push(serde_json::from_value(r.try_get_by_index(3)?).map_err(crate::Error::corrupt)?);
+            ids.push(r.try_get_by_index::<Uuid>(4)?);
+        }
+        let index: std::collections::HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let nodes: Vec<SagaNode> = (0..keys.len())
+            .map(|i| SagaNode {
+                status: statuses[i],
+                has_compensation: comps[i],
+                dependents: dependents_keys[i].iter().filter_map(|k| index.get(k.as_str()).copied()).collect(),
+            })
+            .collect();
+        let mut events = Vec::new();
+        match saga::progress(&nodes) {
+            SagaProgress::Continue(ready) => {
+                for i in ready {
+                    txn.execute_raw(self.db.stmt(
+                        "UPDATE task SET status = 'COMPENSATING', available_at = ?, dispatched_until = 0, \
+                           lease_until = NULL, comp_attempts = 0 WHERE id = ? AND status = 'COMPLETED'",
+                        vec![now.into(), ids[i].into()],
+                    ))
+                    .await?;
+                    report.made_ready += 1;
+                    events.push(NewEvent::task(EventType::TaskCompensating, keys[i].clone()));
+                }
+            }
+            SagaProgress::Compensated => {
+                self.set_workflow_status(txn, wf, WorkflowStatus::Compensating, WorkflowStatus::Compensated, now).await?;
+                events.push(NewEvent::workflow(EventType::WorkflowCompensated));
+            }
+            SagaProgress::Failed => {
+                self.set_workflow_status(txn, wf, WorkflowStatus::Compensating, WorkflowStatus::CompensationFailed, now)
+                    .await?;
+            }
+        }
+        Ok(events)
+    }
+
+    pub(crate) async fn workflow_status<C: ConnectionTrait>(&self, conn: &C, wf: Uuid) -> Result<WorkflowStatus, Error> {
+        let row = conn
+            .query_one_raw(self.db.stmt("SELECT status FROM workflow WHERE id = ?", vec![wf.into()]))
+            .await?
+            .ok_or_else(|| crate::Error::corrupt("workflow vanished"))?;
+        row.try_get_by_index::<String>(0)?.parse().map_err(crate::Error::corrupt)
+    }
+
+    /// Moves a workflow from `from` to `to` if the state machine allows it; `finished_at` is set on terminal
+    /// statuses and cleared otherwise.
+    pub(crate) async fn set_workflow_status<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        wf: Uuid,
+        from: WorkflowStatus,
+        to: WorkflowStatus,
+        now: i64,
+    ) -> Result<(), Error> {
+        from.transition(to).map_err(|_| Error::InvalidState { current: from, action: "changed" })?;
+        let finished: Option<i64> = to.is_terminal().then_some(now);
+        conn.execute_raw(self.db.stmt(
+            "UPDATE workflow SET status = ?, finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+            vec![to.as_str().into(), finished.into(), now.into(), wf.into(), from.as_str().into()],
+        ))
+        .await?;
+        Ok(())
+    }
+}
