@@ -1,0 +1,274 @@
+//! The worker loop: receive → claim (fenced, batched) → run with timeout and cancellation → report (batched),
+//! with heartbeats extending the leases of running attempts and a graceful stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use taskorch_domain::TaskId;
+use taskorch_engine::dispatcher::{DispatcherOptions, run_dispatcher, run_reaper};
+use taskorch_engine::store::{Claimed, Outcome, OutcomeKind};
+use taskorch_engine::{Engine, InProcessQueue, Phase, TaskQueue};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::registry::{Registry, TaskContext};
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Attempts run at once.
+    pub concurrency: usize,
+    /// Only these task kinds (all when `None`).
+    pub kinds: Option<Vec<String>>,
+    /// On shutdown, how long in-flight attempts may take to finish before they are released.
+    pub grace: Duration,
+    /// How often leases of running attempts are extended.
+    pub heartbeat: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self { concurrency: 64, kinds: None, grace: Duration::from_secs(10), heartbeat: Duration::from_secs(5) }
+    }
+}
+
+type Held = Arc<Mutex<HashMap<TaskId, (Phase, i32, CancellationToken)>>>;
+
+/// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
+/// used by the server and by a separate worker process without a broker). Returns after a graceful stop.
+pub async fn run_embedded(engine: Engine, registry: Arc<Registry>, opts: WorkerOptions, shutdown: CancellationToken) {
+    let queue: Arc<dyn TaskQueue> = Arc::new(InProcessQueue::new());
+    let loops = CancellationToken::new();
+    let dispatcher = tokio::spawn(run_dispatcher(
+        engine.clone(),
+        queue.clone(),
+        DispatcherOptions { kinds: opts.kinds.clone(), max_backlog: opts.concurrency.max(256) * 2 },
+        loops.clone(),
+    ));
+    let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, loops.clone()));
+    run_worker(engine, queue, registry, opts, shutdown).await;
+    loops.cancel();
+    let _ = dispatcher.await;
+    let _ = reaper.await;
+}
+
+/// Consumes `queue` until `shutdown`, then stops claiming, lets in-flight attempts finish within the grace
+/// period and releases the rest back to the queue.
+pub async fn run_worker(
+    engine: Engine,
+    queue: Arc<dyn TaskQueue>,
+    registry: Arc<Registry>,
+    opts: WorkerOptions,
+    shutdown: CancellationToken,
+) {
+    let concurrency = opts.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let held: Held = Arc::new(Mutex::new(HashMap::new()));
+    let abort = CancellationToken::new();
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<Outcome>();
+    let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx));
+    let beats = CancellationToken::new();
+    let heartbeat = tokio::spawn(run_heartbeat(engine.clone(), held.clone(), opts.heartbeat, beats.clone()));
+
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = queue.receive(permits.len()) => match b {
+                Ok(b) => b,
+                Err(err) => {
+                    tracing::warn!(error = %err, "queue receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let claimed = match claim_with_retry(&engine, &batch).await {
+            Some(c) => c,
+            None => continue,
+        };
+        for task in claimed {
+            let Some(permit) = permits.pop() else { break };
+            let lost = CancellationToken::new();
+            if let Ok(mut h) = held.lock() {
+                h.insert(task.task_id, (task.phase, task.attempt, lost.clone()));
+            }
+            let registry = registry.clone();
+            let report_tx = report_tx.clone();
+            let held = held.clone();
+            let abort = abort.clone();
+            let span = tracing::info_span!(
+                "task.execute",
+                workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
+            );
+            tokio::spawn(
+                async move {
+                    let id = task.task_id;
+                    let outcome = execute(task, &registry, lost.clone(), abort).await;
+                    if let Ok(mut h) = held.lock() {
+                        h.remove(&id);
+                    }
+                    // A lost attempt's result is not reported: the store would refuse it anyway.
+                    if !lost.is_cancelled() {
+                        let _ = report_tx.send(outcome);
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    // Graceful stop: no more claims; wait for in-flight attempts, then release what is left.
+    let all = concurrency as u32;
+    if tokio::time::timeout(opts.grace, slots.acquire_many(all)).await.is_err() {
+        tracing::info!("grace period over: releasing unfinished attempts");
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+    }
+    beats.cancel();
+    let _ = heartbeat.await;
+    drop(report_tx);
+    let _ = reporter.await;
+}
+
+async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) -> Option<Vec<Claimed>> {
+    for attempt in 0..5u32 {
+        match engine.claim(batch).await {
+            Ok(c) => return Some(c),
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "claim failed; retrying");
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+        }
+    }
+    // The tasks stay QUEUED and are dispatched again after the redelivery delay.
+    None
+}
+
+async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, abort: CancellationToken) -> Outcome {
+    let cancel = CancellationToken::new();
+    let ctx = TaskContext {
+        workflow_id: task.workflow_id,
+        task_id: task.task_id,
+        key: task.key.clone(),
+        kind: task.kind.clone(),
+        phase: task.phase,
+        payload: task.payload,
+        inputs: task.inputs,
+        attempt: task.attempt.max(1) as u32,
+        idempotency_key: task.idempotency_key,
+        cancel: cancel.clone(),
+    };
+    let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
+    let Some(handler) = registry.get(&task.kind) else {
+        return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
+    };
+    let run = tokio::spawn(async move { handler.run(ctx).await });
+    let timeout = task.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timed = async {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, run).await.ok(),
+            None => Some(run.await),
+        }
+    };
+    let result = tokio::select! {
+        r = timed => r,
+        _ = lost.cancelled() => {
+            cancel.cancel();
+            return outcome(OutcomeKind::Failed("cancelled".into()));
+        }
+        _ = abort.cancelled() => {
+            cancel.cancel();
+            return outcome(OutcomeKind::Released);
+        }
+    };
+    let kind = match result {
+        None => {
+            cancel.cancel();
+            OutcomeKind::Failed(format!("timed out after {} ms", task.timeout_ms.unwrap_or_default()))
+        }
+        Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
+        Some(Ok(Err(e))) => OutcomeKind::Failed(e.0),
+        Some(Ok(Ok(value))) => OutcomeKind::Completed(value),
+    };
+    match &kind {
+        OutcomeKind::Failed(error) => tracing::info!(error = %error, "attempt failed"),
+        _ => tracing::debug!("attempt completed"),
+    }
+    outcome(kind)
+}
+
+/// Group commit: reports everything waiting in one transaction.
+async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+    let mut batch = Vec::with_capacity(512);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match engine.report(batch.clone()).await {
+                Ok(report) => {
+                    if report.stale > 0 {
+                        tracing::info!(stale = report.stale, "results from attempts that no longer hold their task were dropped");
+                    }
+                    break;
+                }
+                Err(err) => {
+                    // Reports are fenced, so repeating one is harmless; give up only after long.
+                    tracing::warn!(error = %err, "reporting outcomes failed; retrying");
+                    if delay > Duration::from_secs(10) {
+                        tracing::error!("dropping outcomes after repeated failures; their leases will expire");
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let snapshot: Vec<(TaskId, Phase, i32)> = match held.lock() {
+            Ok(h) => h.iter().map(|(id, (phase, attempt, _))| (*id, *phase, *attempt)).collect(),
+            Err(_) => continue,
+        };
+        if snapshot.is_empty() {
+            continue;
+        }
+        match engine.heartbeat(&snapshot).await {
+            Ok(lost) => {
+                if let Ok(h) = held.lock() {
+                    for id in lost {
+                        if let Some((_, _, token)) = h.get(&id) {
+                            tracing::info!(task.id = %id, "attempt no longer holds its task; cancelling it");
+                            token.cancel();
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+        }
+    }
+}
