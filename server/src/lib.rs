@@ -1,1 +1,9 @@
-//! placeholder
+//! taskorch server: the GraphQL API (queries, mutations, subscriptions over graphql-transport-ws) on axum, the
+//! offline GraphiQL playground, health endpoints, and — on the embedded default — the in-process worker.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod playground;
+pub mod telemetry;

@@ -1,1 +1,74 @@
-fn main() {}
+//! `taskorch`: the server binary. With no configuration it runs everything in one process on a SQLite file.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use taskorch_engine::db::{Database, redact};
+use taskorch_engine::store::Store;
+use taskorch_engine::{Engine, InProcessEventBus};
+use taskorch_server::app::{AppOptions, router};
+use taskorch_server::config::{Command, Config};
+use taskorch_server::{graphql, telemetry};
+use taskorch_worker::{Registry, run_embedded};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    telemetry::init(config.log_json);
+    if let Err(err) = run(config).await {
+        eprintln!("taskorch: {err}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::PrintSchema) = config.command {
+        print!("{}", graphql::sdl());
+        return Ok(());
+    }
+    let url = &config.worker.database_url;
+    let db = Database::connect(url, config.worker.pools())
+        .await
+        .map_err(|e| anyhow::anyhow!("TASKORCH_DATABASE_URL ({}) is unusable: {e}", redact(url)))?;
+    db.migrate().await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    if let Some(Command::Migrate) = config.command {
+        println!("migrations applied");
+        return Ok(());
+    }
+    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::default()), config.engine_options());
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("TASKORCH_LISTEN ({}) cannot be bound: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("taskorch listening on http://{addr}/graphql (playground: http://{addr}/playground)");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let worker = if config.no_worker {
+        None
+    } else {
+        let registry = Arc::new(Registry::with_builtins(config.worker.registry_options()));
+        Some(tokio::spawn(run_embedded(engine.clone(), registry, config.worker.worker_options(), shutdown.clone())))
+    };
+    let app = router(engine, AppOptions { max_body_bytes: config.max_body_bytes });
+    let stop = shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: no new claims, finishing in-flight attempts");
+    shutdown.cancel();
+}

@@ -11,6 +11,7 @@ use crate::{RegistryOptions, WorkerOptions};
 /// taskorch worker: runs queued tasks.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "taskorch-worker", version)]
+#[group(id = "worker")]
 pub struct Config {
     /// Database URL (sqlite://… or postgres://…).
     #[arg(long, env = "TASKORCH_DATABASE_URL", default_value = DEFAULT_URL)]

@@ -1,0 +1,74 @@
+//! The axum router: GraphQL over HTTP (POST, and GET for queries) and graphql-transport-ws, the playground and
+//! health endpoints.
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use taskorch_engine::Engine;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::graphql::{AppSchema, build_schema};
+use crate::playground;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: AppSchema,
+    pub engine: Engine,
+}
+
+/// Options of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub max_body_bytes: usize,
+}
+
+pub fn router(engine: Engine, opts: AppOptions) -> Router {
+    let state = AppState { schema: build_schema(engine.clone()), engine };
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/", get(|| async { Redirect::temporary("/playground") }))
+        .route("/playground", get(playground::index))
+        .route("/playground/", get(playground::index))
+        .route("/playground/playground.js", get(playground::script))
+        .route("/playground/playground.css", get(playground::style))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
+        .with_state(state)
+}
+
+async fn graphql_post(State(state): State<AppState>, req: GraphQLRequest) -> GraphQLResponse {
+    state.schema.execute(req.into_inner()).await.into()
+}
+
+async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Response {
+    let req = req.into_inner();
+    // GET carries queries only: a mutation over GET is refused.
+    if req.query.trim_start().starts_with("mutation") {
+        let body = serde_json::json!({ "errors": [{
+            "message": "mutations must be sent with POST",
+            "extensions": { "code": crate::error::code::VALIDATION_FAILED }
+        }]});
+        return (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response();
+    }
+    GraphQLResponse::from(state.schema.execute(req).await).into_response()
+}
+
+async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = state.engine.store().ping().await.is_ok();
+    let pending = state.engine.store().database().pending_migrations().await.map(|n| n == 0).unwrap_or(false);
+    let body = serde_json::json!({ "database": db, "migrations": pending });
+    let code = if db && pending { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}

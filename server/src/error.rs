@@ -1,0 +1,55 @@
+//! The one mapping from use-case errors to GraphQL errors with a stable `extensions.code`.
+//!
+//! Codes: `VALIDATION_FAILED`, `CYCLE_DETECTED`, `NOT_FOUND`, `CONFLICT`, `INVALID_STATE`, `INTERNAL`.
+//! `INTERNAL` never says more than that; its cause is logged.
+
+use async_graphql::ErrorExtensions;
+use taskorch_domain::dag;
+use taskorch_engine::Error;
+
+/// Error codes of the API.
+pub mod code {
+    pub const VALIDATION_FAILED: &str = "VALIDATION_FAILED";
+    pub const CYCLE_DETECTED: &str = "CYCLE_DETECTED";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    pub const CONFLICT: &str = "CONFLICT";
+    pub const INVALID_STATE: &str = "INVALID_STATE";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// A GraphQL error with `extensions.code`.
+pub fn api_error(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+}
+
+/// Bad input from the client.
+pub fn invalid(message: impl Into<String>) -> async_graphql::Error {
+    api_error(code::VALIDATION_FAILED, message)
+}
+
+/// Converts a use-case error; internal causes are logged, not returned.
+pub fn from_engine(err: Error) -> async_graphql::Error {
+    match err {
+        Error::Invalid(dag::Error::Cycle { path }) => {
+            let e = dag::Error::Cycle { path: path.clone() };
+            api_error(code::CYCLE_DETECTED, e.to_string()).extend_with(|_, ext| ext.set("cycle", path.clone()))
+        }
+        Error::Invalid(e) => invalid(e.to_string()),
+        e @ Error::NotFound { .. } => api_error(code::NOT_FOUND, e.to_string()),
+        Error::Conflict(m) => api_error(code::CONFLICT, m),
+        e @ Error::InvalidState { .. } => {
+            let current = match &e {
+                Error::InvalidState { current, .. } => current.as_str(),
+                _ => "",
+            };
+            api_error(code::INVALID_STATE, e.to_string()).extend_with(|_, ext| ext.set("currentStatus", current))
+        }
+        Error::Database(e) => internal(&e),
+        Error::Corrupt(e) => internal(&e),
+    }
+}
+
+fn internal(cause: &dyn std::fmt::Display) -> async_graphql::Error {
+    tracing::error!(error = %cause, "internal error");
+    api_error(code::INTERNAL, "internal error; it has been logged")
+}

@@ -1,0 +1,5 @@
+//! Mutation roots.
+
+mod workflow;
+
+pub use workflow::WorkflowMutation;

@@ -1,0 +1,5 @@
+//! Query roots.
+
+mod workflow;
+
+pub use workflow::WorkflowQuery;

@@ -1,0 +1,133 @@
+//! Live events: replay from the database, then the bus, deduplicated by sequence and re-read on any gap.
+
+use std::collections::HashSet;
+
+use async_graphql::{Context, ID, InputObject, Result, Subscription};
+use futures::Stream;
+use taskorch_engine::Engine;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::from_engine;
+use crate::graphql::types::{EventType, WorkflowEvent, parse_workflow_id};
+
+/// Filter of the event firehose.
+#[derive(InputObject, Default, Debug)]
+pub struct EventFilter {
+    /// Only events of workflows with this name.
+    pub workflow_name: Option<String>,
+    /// Only these event types.
+    pub types: Option<Vec<EventType>>,
+}
+
+#[derive(Default)]
+pub struct EventSubscription;
+
+const REPLAY_PAGE: u64 = 1000;
+
+#[Subscription]
+impl EventSubscription {
+    /// Events of one workflow: first those after `afterSequence` (default 0) from the log, then live ones; in order,
+    /// without gap or duplicate. Completes after the workflow's final event.
+    async fn workflow_events(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: ID,
+        after_sequence: Option<i64>,
+    ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
+        let id = parse_workflow_id(&workflow_id)?;
+        let engine = ctx.data::<Engine>()?.clone();
+        // Subscribe before reading the log so nothing falls between the two.
+        let mut live = engine.bus().subscribe();
+        if engine.workflow(id).await.map_err(from_engine)?.is_none() {
+            return Err(crate::error::api_error(crate::error::code::NOT_FOUND, format!("workflow `{id}` was not found")));
+        }
+        let mut last = after_sequence.unwrap_or(0).max(0);
+        Ok(async_stream::stream! {
+            'outer: loop {
+                // Catch up from the log.
+                loop {
+                    let Ok(page) = engine.events(id, last, REPLAY_PAGE).await else { break 'outer };
+                    let n = page.len() as u64;
+                    for e in &page {
+                        last = e.sequence;
+                        yield WorkflowEvent::from(e);
+                    }
+                    if n < REPLAY_PAGE {
+                        break;
+                    }
+                }
+                if is_finished(&engine, id).await {
+                    // Drain what committed between the read above and the status check.
+                    if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
+                        for e in &rest {
+                            yield WorkflowEvent::from(e);
+                        }
+                    }
+                    break;
+                }
+                // Live.
+                loop {
+                    match live.recv().await {
+                        Ok(e) if e.workflow_id == id => {
+                            if e.sequence <= last {
+                                continue;
+                            }
+                            if e.sequence > last + 1 {
+                                continue 'outer; // a gap: re-read from the log
+                            }
+                            last = e.sequence;
+                            let terminal = e.event_type.is_terminal() || e.event_type == taskorch_domain::EventType::TaskCompensationFailed;
+                            yield WorkflowEvent::from(e.as_ref());
+                            if terminal && is_finished(&engine, id).await {
+                                // Events of the same commit may follow the terminal one in the log.
+                                if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
+                                    for e in &rest {
+                                        yield WorkflowEvent::from(e);
+                                    }
+                                }
+                                break 'outer;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => continue 'outer,
+                        Err(RecvError::Closed) => break 'outer,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Every event of every workflow, optionally filtered by workflow name and event types (for dashboards).
+    async fn events(&self, ctx: &Context<'_>, filter: Option<EventFilter>) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
+        let engine = ctx.data::<Engine>()?.clone();
+        let filter = filter.unwrap_or_default();
+        let types: Option<HashSet<taskorch_domain::EventType>> =
+            filter.types.map(|t| t.into_iter().map(Into::into).collect());
+        let name = filter.workflow_name;
+        let mut live = engine.bus().subscribe();
+        Ok(async_stream::stream! {
+            loop {
+                match live.recv().await {
+                    Ok(e) => {
+                        if name.as_ref().is_some_and(|n| *n != e.workflow_name) {
+                            continue;
+                        }
+                        if types.as_ref().is_some_and(|t| !t.contains(&e.event_type)) {
+                            continue;
+                        }
+                        yield WorkflowEvent::from(e.as_ref());
+                    }
+                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "firehose subscriber lagged"),
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+}
+
+async fn is_finished(engine: &Engine, id: taskorch_domain::WorkflowId) -> bool {
+    match engine.workflow(id).await {
+        Ok(Some(w)) => w.status.is_terminal(),
+        _ => true,
+    }
+}

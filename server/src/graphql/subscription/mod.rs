@@ -1,0 +1,5 @@
+//! Subscription roots.
+
+mod events;
+
+pub use events::EventSubscription;

@@ -1,0 +1,18 @@
+//! GraphQL types: their own structs built from the engine's records, so the schema is a contract of its own.
+
+mod enums;
+mod event;
+mod input;
+mod task;
+mod workflow;
+
+pub use enums::{EventType, TaskStatus, WorkflowStatus};
+pub use event::WorkflowEvent;
+pub use input::{SubmitWorkflowInput, WorkflowFilter};
+pub use task::Task;
+pub use workflow::Workflow;
+
+/// Parses a workflow id argument.
+pub fn parse_workflow_id(id: &async_graphql::ID) -> async_graphql::Result<taskorch_domain::WorkflowId> {
+    id.parse().map_err(|_| crate::error::invalid(format!("`{}` is not a workflow id", id.as_str())))
+}
