@@ -113,7 +113,10 @@ impl TaskStatus {
     /// No further change happens without an operator.
     pub fn is_final(self) -> bool {
         use TaskStatus::*;
-        matches!(self, Completed | Failed | Cancelled | Compensated | CompensationFailed)
+        matches!(
+            self,
+            Completed | Failed | Cancelled | Compensated | CompensationFailed
+        )
     }
 }
 
@@ -123,19 +126,33 @@ impl WorkflowStatus {
         use WorkflowStatus::*;
         matches!(
             (self, to),
-            (Pending, Running) | (Pending, Cancelled)
-            | (Running, Paused) | (Running, Completed) | (Running, Failed) | (Running, Compensating)
-            | (Running, Cancelled)
-            | (Paused, Running) | (Paused, Cancelled) | (Paused, Failed) | (Paused, Compensating) | (Paused, Completed)
-            | (Compensating, Compensated) | (Compensating, CompensationFailed)
-            | (Failed, Running) | (Cancelled, Running) | (CompensationFailed, Compensating)
+            (Pending, Running)
+                | (Pending, Cancelled)
+                | (Running, Paused)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Compensating)
+                | (Running, Cancelled)
+                | (Paused, Running)
+                | (Paused, Cancelled)
+                | (Paused, Failed)
+                | (Paused, Compensating)
+                | (Paused, Completed)
+                | (Compensating, Compensated)
+                | (Compensating, CompensationFailed)
+                | (Failed, Running)
+                | (Cancelled, Running)
+                | (CompensationFailed, Compensating)
         )
     }
 
     /// The workflow has stopped: its last event has been written (an operator retry may reopen it).
     pub fn is_terminal(self) -> bool {
         use WorkflowStatus::*;
-        matches!(self, Completed | Failed | Compensated | CompensationFailed | Cancelled)
+        matches!(
+            self,
+            Completed | Failed | Compensated | CompensationFailed | Cancelled
+        )
     }
 }
 
@@ -147,11 +164,25 @@ mod tests {
     fn task_transition_table_is_exactly_the_documented_one() {
         use TaskStatus::*;
         let legal = [
-            (Pending, Queued), (Pending, Cancelled), (Queued, Running), (Queued, Cancelled),
-            (Running, Completed), (Running, Failed), (Running, Retrying), (Running, Cancelled),
-            (Running, Queued), (Retrying, Running), (Retrying, Cancelled), (Completed, Compensating),
-            (Compensating, Compensated), (Compensating, CompensationFailed), (Failed, Pending),
-            (Failed, Queued), (Cancelled, Pending), (Cancelled, Queued), (CompensationFailed, Compensating),
+            (Pending, Queued),
+            (Pending, Cancelled),
+            (Queued, Running),
+            (Queued, Cancelled),
+            (Running, Completed),
+            (Running, Failed),
+            (Running, Retrying),
+            (Running, Cancelled),
+            (Running, Queued),
+            (Retrying, Running),
+            (Retrying, Cancelled),
+            (Completed, Compensating),
+            (Compensating, Compensated),
+            (Compensating, CompensationFailed),
+            (Failed, Pending),
+            (Failed, Queued),
+            (Cancelled, Pending),
+            (Cancelled, Queued),
+            (CompensationFailed, Compensating),
         ];
         for &from in TaskStatus::ALL {
             for &to in TaskStatus::ALL {
@@ -159,7 +190,10 @@ mod tests {
                 let got = from.transition(to);
                 assert_eq!(got.is_ok(), expected, "{from} -> {to}");
                 if let Err(e) = got {
-                    assert_eq!(e.to_string(), format!("illegal task transition from {from} to {to}"));
+                    assert_eq!(
+                        e.to_string(),
+                        format!("illegal task transition from {from} to {to}")
+                    );
                 }
             }
         }
@@ -169,15 +203,31 @@ mod tests {
     fn workflow_transition_table_is_exactly_the_documented_one() {
         use WorkflowStatus::*;
         let legal = [
-            (Pending, Running), (Pending, Cancelled), (Running, Paused), (Running, Completed),
-            (Running, Failed), (Running, Compensating), (Running, Cancelled), (Paused, Running),
-            (Paused, Cancelled), (Paused, Failed), (Paused, Compensating), (Paused, Completed), (Compensating, Compensated),
-            (Compensating, CompensationFailed), (Failed, Running), (Cancelled, Running),
+            (Pending, Running),
+            (Pending, Cancelled),
+            (Running, Paused),
+            (Running, Completed),
+            (Running, Failed),
+            (Running, Compensating),
+            (Running, Cancelled),
+            (Paused, Running),
+            (Paused, Cancelled),
+            (Paused, Failed),
+            (Paused, Compensating),
+            (Paused, Completed),
+            (Compensating, Compensated),
+            (Compensating, CompensationFailed),
+            (Failed, Running),
+            (Cancelled, Running),
             (CompensationFailed, Compensating),
         ];
         for &from in WorkflowStatus::ALL {
             for &to in WorkflowStatus::ALL {
-                assert_eq!(from.transition(to).is_ok(), legal.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.transition(to).is_ok(),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -190,13 +240,29 @@ mod tests {
         for &s in WorkflowStatus::ALL {
             assert_eq!(s.as_str().parse::<WorkflowStatus>().unwrap(), s);
         }
-        assert_eq!("running".parse::<TaskStatus>(), Err(UnknownStatus("running".into())));
+        assert_eq!(
+            "running".parse::<TaskStatus>(),
+            Err(UnknownStatus("running".into()))
+        );
     }
 
     #[test]
     fn terminal_workflow_statuses() {
         use WorkflowStatus::*;
-        let terminal: Vec<_> = WorkflowStatus::ALL.iter().copied().filter(|s| s.is_terminal()).collect();
-        assert_eq!(terminal, vec![Completed, Failed, Compensated, CompensationFailed, Cancelled]);
+        let terminal: Vec<_> = WorkflowStatus::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            vec![
+                Completed,
+                Failed,
+                Compensated,
+                CompensationFailed,
+                Cancelled
+            ]
+        );
     }
 }

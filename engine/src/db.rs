@@ -1,10 +1,15 @@
 //! Database connections: a single-writer pool plus a read pool on SQLite (it allows one writer at a time), one
 //! pool on PostgreSQL. Migrations run here.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DbBackend, DbErr,
+    Statement, Value,
+};
 use taskorch_migration::{Migrator, MigratorTrait};
 
 /// Pool sizes.
@@ -16,7 +21,10 @@ pub struct PoolOptions {
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { max_connections: 20, read_connections: 4 }
+        Self {
+            max_connections: 20,
+            read_connections: 4,
+        }
     }
 }
 
@@ -26,6 +34,7 @@ pub struct Database {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
     pub backend: DbBackend,
+    statements: Arc<AtomicU64>,
 }
 
 /// The default database: a SQLite file in the working directory.
@@ -38,8 +47,9 @@ impl Database {
             let write = SeaDatabase::connect(sqlite_options(url, 1)).await?;
             // WAL is a property of the file: set once, before readers open it.
             write.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-            let read = SeaDatabase::connect(sqlite_options(url, pools.read_connections.max(1))).await?;
-            Ok(Self { write, read, backend: DbBackend::Sqlite })
+            let read =
+                SeaDatabase::connect(sqlite_options(url, pools.read_connections.max(1))).await?;
+            Ok(Self::counted(write, read, DbBackend::Sqlite))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut opts = ConnectOptions::new(url.to_owned());
             opts.max_connections(pools.max_connections)
@@ -48,10 +58,40 @@ impl Database {
                 .connect_timeout(Duration::from_secs(5))
                 .sqlx_logging(false);
             let pool = SeaDatabase::connect(opts).await?;
-            Ok(Self { write: pool.clone(), read: pool, backend: DbBackend::Postgres })
+            Ok(Self::counted(pool.clone(), pool, DbBackend::Postgres))
         } else {
-            Err(DbErr::Custom(format!("unsupported database URL scheme in `{}`: use sqlite:// or postgres://", redact(url))))
+            Err(DbErr::Custom(format!(
+                "unsupported database URL scheme in `{}`: use sqlite:// or postgres://",
+                redact(url)
+            )))
         }
+    }
+
+    fn counted(
+        mut write: DatabaseConnection,
+        mut read: DatabaseConnection,
+        backend: DbBackend,
+    ) -> Self {
+        let statements = Arc::new(AtomicU64::new(0));
+        let counter = statements.clone();
+        write.set_metric_callback(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let counter = statements.clone();
+        read.set_metric_callback(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        Self {
+            write,
+            read,
+            backend,
+            statements,
+        }
+    }
+
+    /// SQL statements executed by this process so far.
+    pub fn statements_executed(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// Applies pending migrations.
@@ -139,7 +179,11 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
-        let s = stmt(DbBackend::Postgres, "SELECT ? WHERE a IN (?, ?)", vec![1.into(), 2.into(), 3.into()]);
+        let s = stmt(
+            DbBackend::Postgres,
+            "SELECT ? WHERE a IN (?, ?)",
+            vec![1.into(), 2.into(), 3.into()],
+        );
         assert_eq!(s.sql, "SELECT $1 WHERE a IN ($2, $3)");
         let s = stmt(DbBackend::Sqlite, "SELECT ?", vec![1.into()]);
         assert_eq!(s.sql, "SELECT ?");
@@ -147,7 +191,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -20,9 +20,18 @@ pub struct DispatcherOptions {
 }
 
 /// Moves due tasks to the queue until `shutdown`.
-pub async fn run_dispatcher(engine: Engine, queue: Arc<dyn TaskQueue>, opts: DispatcherOptions, shutdown: CancellationToken) {
+pub async fn run_dispatcher(
+    engine: Engine,
+    queue: Arc<dyn TaskQueue>,
+    opts: DispatcherOptions,
+    shutdown: CancellationToken,
+) {
     let batch = engine.options().dispatch_batch;
-    let max_backlog = if opts.max_backlog == 0 { batch * 2 } else { opts.max_backlog };
+    let max_backlog = if opts.max_backlog == 0 {
+        batch * 2
+    } else {
+        opts.max_backlog
+    };
     while !shutdown.is_cancelled() {
         if queue.backlog() >= max_backlog {
             tokio::select! {

@@ -33,7 +33,9 @@ pub struct Dispatch {
 
 impl Ord for Dispatch {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.priority.cmp(&other.priority).then_with(|| other.seq.cmp(&self.seq))
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -130,8 +132,16 @@ mod tests {
     #[tokio::test]
     async fn higher_priority_first_then_fifo() {
         let q = InProcessQueue::new();
-        q.publish(vec![d(5, 1), d(5, 2), d(9, 3), d(0, 4)]).await.unwrap();
-        let got: Vec<(i16, u64)> = q.receive(10).await.unwrap().iter().map(|d| (d.priority, d.seq)).collect();
+        q.publish(vec![d(5, 1), d(5, 2), d(9, 3), d(0, 4)])
+            .await
+            .unwrap();
+        let got: Vec<(i16, u64)> = q
+            .receive(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| (d.priority, d.seq))
+            .collect();
         assert_eq!(got, vec![(9, 3), (5, 1), (5, 2), (0, 4)]);
     }
 

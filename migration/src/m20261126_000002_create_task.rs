@@ -48,12 +48,23 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create().name("task_workflow_key").table("task").col("workflow_id").col("key").unique().to_owned(),
+                Index::create()
+                    .name("task_workflow_key")
+                    .table("task")
+                    .col("workflow_id")
+                    .col("key")
+                    .unique()
+                    .to_owned(),
             )
             .await?;
         manager
             .create_index(
-                Index::create().name("task_workflow_position").table("task").col("workflow_id").col("position").to_owned(),
+                Index::create()
+                    .name("task_workflow_position")
+                    .table("task")
+                    .col("workflow_id")
+                    .col("position")
+                    .to_owned(),
             )
             .await?;
         // The dispatcher's and the reaper's scans only ever look at tasks that can move on their own.
@@ -63,11 +74,16 @@ impl MigrationTrait for Migration {
              WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING')",
         )
         .await?;
-        db.execute_unprepared("CREATE INDEX task_leased ON task (lease_until) WHERE lease_until IS NOT NULL").await?;
+        db.execute_unprepared(
+            "CREATE INDEX task_leased ON task (lease_until) WHERE lease_until IS NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table("task").to_owned()).await
+        manager
+            .drop_table(Table::drop().table("task").to_owned())
+            .await
     }
 }

@@ -27,7 +27,10 @@ pub struct AppOptions {
 }
 
 pub fn router(engine: Engine, opts: AppOptions) -> Router {
-    let state = AppState { schema: build_schema(engine.clone()), engine };
+    let state = AppState {
+        schema: build_schema(engine.clone()),
+        engine,
+    };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
@@ -38,6 +41,7 @@ pub fn router(engine: Engine, opts: AppOptions) -> Router {
         .route("/playground/playground.css", get(playground::style))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
         .with_state(state)
 }
@@ -59,16 +63,45 @@ async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Resp
     GraphQLResponse::from(state.schema.execute(req).await).into_response()
 }
 
-async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+async fn graphql_ws(
+    State(state): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve())
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve()
+        })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let db = state.engine.store().ping().await.is_ok();
-    let pending = state.engine.store().database().pending_migrations().await.map(|n| n == 0).unwrap_or(false);
+    let pending = state
+        .engine
+        .store()
+        .database()
+        .pending_migrations()
+        .await
+        .map(|n| n == 0)
+        .unwrap_or(false);
     let body = serde_json::json!({ "database": db, "migrations": pending });
-    let code = if db && pending { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if db && pending {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&state.engine);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }

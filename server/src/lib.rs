@@ -5,5 +5,6 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod graphql;
+pub mod metrics;
 pub mod playground;
 pub mod telemetry;

@@ -31,12 +31,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let db = Database::connect(url, config.worker.pools())
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_DATABASE_URL ({}) is unusable: {e}", redact(url)))?;
-    db.migrate().await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    db.migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
     if let Some(Command::Migrate) = config.command {
         println!("migrations applied");
         return Ok(());
     }
-    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::default()), config.engine_options());
+    let engine = Engine::new(
+        Store::new(db),
+        Arc::new(InProcessEventBus::default()),
+        config.engine_options(),
+    );
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_LISTEN ({}) cannot be bound: {e}", config.listen))?;
@@ -49,11 +55,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None
     } else {
         let registry = Arc::new(Registry::with_builtins(config.worker.registry_options()));
-        Some(tokio::spawn(run_embedded(engine.clone(), registry, config.worker.worker_options(), shutdown.clone())))
+        Some(tokio::spawn(run_embedded(
+            engine.clone(),
+            registry,
+            config.worker.worker_options(),
+            shutdown.clone(),
+        )))
     };
-    let app = router(engine, AppOptions { max_body_bytes: config.max_body_bytes });
+    let app = router(
+        engine,
+        AppOptions {
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
     let stop = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
     if let Some(worker) = worker {
         let _ = worker.await;
     }
@@ -62,7 +80,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

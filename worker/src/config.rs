@@ -63,7 +63,9 @@ impl Config {
             concurrency: self.concurrency,
             kinds: self.kinds.clone(),
             grace: Duration::from_millis(self.grace_ms),
-            heartbeat: Duration::from_millis(self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(10)),
+            heartbeat: Duration::from_millis(
+                self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(10),
+            ),
         }
     }
 

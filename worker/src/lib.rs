@@ -14,8 +14,8 @@
 //! });
 //! ```
 
-pub mod handlers;
 pub mod config;
+pub mod handlers;
 mod registry;
 mod runner;
 

@@ -30,7 +30,12 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { concurrency: 64, kinds: None, grace: Duration::from_secs(10), heartbeat: Duration::from_secs(5) }
+        Self {
+            concurrency: 64,
+            kinds: None,
+            grace: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(5),
+        }
     }
 }
 
@@ -38,16 +43,28 @@ type Held = Arc<Mutex<HashMap<TaskId, (Phase, i32, CancellationToken)>>>;
 
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
 /// used by the server and by a separate worker process without a broker). Returns after a graceful stop.
-pub async fn run_embedded(engine: Engine, registry: Arc<Registry>, opts: WorkerOptions, shutdown: CancellationToken) {
+pub async fn run_embedded(
+    engine: Engine,
+    registry: Arc<Registry>,
+    opts: WorkerOptions,
+    shutdown: CancellationToken,
+) {
     let queue: Arc<dyn TaskQueue> = Arc::new(InProcessQueue::new());
     let loops = CancellationToken::new();
     let dispatcher = tokio::spawn(run_dispatcher(
         engine.clone(),
         queue.clone(),
-        DispatcherOptions { kinds: opts.kinds.clone(), max_backlog: opts.concurrency.max(256) * 2 },
+        DispatcherOptions {
+            kinds: opts.kinds.clone(),
+            max_backlog: opts.concurrency.max(256) * 2,
+        },
         loops.clone(),
     ));
-    let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, loops.clone()));
+    let reaper = tokio::spawn(run_reaper(
+        engine.clone(),
+        engine.options().reaper_period,
+        loops.clone(),
+    ));
     run_worker(engine, queue, registry, opts, shutdown).await;
     loops.cancel();
     let _ = dispatcher.await;
@@ -70,7 +87,12 @@ pub async fn run_worker(
     let (report_tx, report_rx) = mpsc::unbounded_channel::<Outcome>();
     let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx));
     let beats = CancellationToken::new();
-    let heartbeat = tokio::spawn(run_heartbeat(engine.clone(), held.clone(), opts.heartbeat, beats.clone()));
+    let heartbeat = tokio::spawn(run_heartbeat(
+        engine.clone(),
+        held.clone(),
+        opts.heartbeat,
+        beats.clone(),
+    ));
 
     loop {
         let first = tokio::select! {
@@ -130,7 +152,10 @@ pub async fn run_worker(
 
     // Graceful stop: no more claims; wait for in-flight attempts, then release what is left.
     let all = concurrency as u32;
-    if tokio::time::timeout(opts.grace, slots.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(opts.grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
         tracing::info!("grace period over: releasing unfinished attempts");
         abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
@@ -141,7 +166,10 @@ pub async fn run_worker(
     let _ = reporter.await;
 }
 
-async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) -> Option<Vec<Claimed>> {
+async fn claim_with_retry(
+    engine: &Engine,
+    batch: &[taskorch_engine::Dispatch],
+) -> Option<Vec<Claimed>> {
     for attempt in 0..5u32 {
         match engine.claim(batch).await {
             Ok(c) => return Some(c),
@@ -155,7 +183,12 @@ async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) 
     None
 }
 
-async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, abort: CancellationToken) -> Outcome {
+async fn execute(
+    task: Claimed,
+    registry: &Registry,
+    lost: CancellationToken,
+    abort: CancellationToken,
+) -> Outcome {
     let cancel = CancellationToken::new();
     let ctx = TaskContext {
         workflow_id: task.workflow_id,
@@ -169,12 +202,22 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         idempotency_key: task.idempotency_key,
         cancel: cancel.clone(),
     };
-    let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
+    let outcome = |kind| Outcome {
+        task_id: task.task_id,
+        phase: task.phase,
+        attempt: task.attempt,
+        kind,
+    };
     let Some(handler) = registry.get(&task.kind) else {
-        return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
+        return outcome(OutcomeKind::Failed(format!(
+            "no handler is registered for task kind `{}`",
+            task.kind
+        )));
     };
     let run = tokio::spawn(async move { handler.run(ctx).await });
-    let timeout = task.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timeout = task
+        .timeout_ms
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
     let timed = async {
         match timeout {
             Some(t) => tokio::time::timeout(t, run).await.ok(),
@@ -195,7 +238,10 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
     let kind = match result {
         None => {
             cancel.cancel();
-            OutcomeKind::Failed(format!("timed out after {} ms", task.timeout_ms.unwrap_or_default()))
+            OutcomeKind::Failed(format!(
+                "timed out after {} ms",
+                task.timeout_ms.unwrap_or_default()
+            ))
         }
         Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
         Some(Ok(Err(e))) => OutcomeKind::Failed(e.0),
@@ -224,7 +270,10 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) 
             match engine.report(batch.clone()).await {
                 Ok(report) => {
                     if report.stale > 0 {
-                        tracing::info!(stale = report.stale, "results from attempts that no longer hold their task were dropped");
+                        tracing::info!(
+                            stale = report.stale,
+                            "results from attempts that no longer hold their task were dropped"
+                        );
                     }
                     break;
                 }
@@ -232,7 +281,9 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) 
                     // Reports are fenced, so repeating one is harmless; give up only after long.
                     tracing::warn!(error = %err, "reporting outcomes failed; retrying");
                     if delay > Duration::from_secs(10) {
-                        tracing::error!("dropping outcomes after repeated failures; their leases will expire");
+                        tracing::error!(
+                            "dropping outcomes after repeated failures; their leases will expire"
+                        );
                         break;
                     }
                     tokio::time::sleep(delay).await;
@@ -251,7 +302,10 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
             _ = tokio::time::sleep(period) => {}
         }
         let snapshot: Vec<(TaskId, Phase, i32)> = match held.lock() {
-            Ok(h) => h.iter().map(|(id, (phase, attempt, _))| (*id, *phase, *attempt)).collect(),
+            Ok(h) => h
+                .iter()
+                .map(|(id, (phase, attempt, _))| (*id, *phase, *attempt))
+                .collect(),
             Err(_) => continue,
         };
         if snapshot.is_empty() {

@@ -23,8 +23,18 @@ impl Loader<WorkflowId> for TaskLoader {
     type Value = Arc<Vec<TaskRecord>>;
     type Error = Arc<async_graphql::Error>;
 
-    async fn load(&self, keys: &[WorkflowId]) -> Result<HashMap<WorkflowId, Self::Value>, Self::Error> {
-        let mut by_wf = self.engine.tasks_of(keys).await.map_err(|e| Arc::new(crate::error::from_engine(e)))?;
-        Ok(keys.iter().map(|k| (*k, Arc::new(by_wf.remove(k).unwrap_or_default()))).collect())
+    async fn load(
+        &self,
+        keys: &[WorkflowId],
+    ) -> Result<HashMap<WorkflowId, Self::Value>, Self::Error> {
+        let mut by_wf = self
+            .engine
+            .tasks_of(keys)
+            .await
+            .map_err(|e| Arc::new(crate::error::from_engine(e)))?;
+        Ok(keys
+            .iter()
+            .map(|k| (*k, Arc::new(by_wf.remove(k).unwrap_or_default())))
+            .collect())
     }
 }

@@ -25,16 +25,27 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema over an engine.
 pub fn build_schema(engine: Engine) -> AppSchema {
-    let loader = DataLoader::new(TaskLoader::new(engine.clone()), tokio::spawn).max_batch_size(1000);
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
-        .data(engine)
-        .data(loader)
-        .limit_depth(16)
-        .limit_complexity(100_000)
-        .finish()
+    let loader =
+        DataLoader::new(TaskLoader::new(engine.clone()), tokio::spawn).max_batch_size(1000);
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+    .data(engine)
+    .data(loader)
+    .limit_depth(16)
+    .limit_complexity(100_000)
+    .finish()
 }
 
 /// The SDL without an engine (for `print-schema` and the drift test).
 pub fn sdl() -> String {
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish().sdl()
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+    .finish()
+    .sdl()
 }

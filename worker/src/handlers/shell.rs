@@ -15,10 +15,15 @@ impl Handler for Shell {
             .payload
             .get("program")
             .and_then(Json::as_str)
-            .ok_or_else(|| HandlerError::new("shell expects a payload {\"program\": string, \"args\": [string]}"))?;
+            .ok_or_else(|| {
+                HandlerError::new(
+                    "shell expects a payload {\"program\": string, \"args\": [string]}",
+                )
+            })?;
         let args: Vec<String> = match ctx.payload.get("args") {
             None | Some(Json::Null) => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|_| HandlerError::new("shell expects args to be an array of strings"))?,
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| HandlerError::new("shell expects args to be an array of strings"))?,
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(&args).kill_on_drop(true);
@@ -32,7 +37,11 @@ impl Handler for Shell {
             "stdout": String::from_utf8_lossy(&output.stdout),
             "stderr": String::from_utf8_lossy(&output.stderr),
         });
-        if output.status.success() { Ok(result) } else { Err(HandlerError(format!("`{program}` exited with {code:?}"))) }
+        if output.status.success() {
+            Ok(result)
+        } else {
+            Err(HandlerError(format!("`{program}` exited with {code:?}")))
+        }
     }
 }
 
@@ -42,6 +51,8 @@ pub struct ShellDisabled;
 #[async_trait]
 impl Handler for ShellDisabled {
     async fn run(&self, _ctx: TaskContext) -> Result<Json, HandlerError> {
-        Err(HandlerError::new("the shell handler is disabled: start the worker with --allow-shell to enable it"))
+        Err(HandlerError::new(
+            "the shell handler is disabled: start the worker with --allow-shell to enable it",
+        ))
     }
 }

@@ -39,7 +39,10 @@ impl EventSubscription {
         // Subscribe before reading the log so nothing falls between the two.
         let mut live = engine.bus().subscribe();
         if engine.workflow(id).await.map_err(from_engine)?.is_none() {
-            return Err(crate::error::api_error(crate::error::code::NOT_FOUND, format!("workflow `{id}` was not found")));
+            return Err(crate::error::api_error(
+                crate::error::code::NOT_FOUND,
+                format!("workflow `{id}` was not found"),
+            ));
         }
         let mut last = after_sequence.unwrap_or(0).max(0);
         Ok(async_stream::stream! {
@@ -98,11 +101,16 @@ impl EventSubscription {
     }
 
     /// Every event of every workflow, optionally filtered by workflow name and event types (for dashboards).
-    async fn events(&self, ctx: &Context<'_>, filter: Option<EventFilter>) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EventFilter>,
+    ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
         let engine = ctx.data::<Engine>()?.clone();
         let filter = filter.unwrap_or_default();
-        let types: Option<HashSet<taskorch_domain::EventType>> =
-            filter.types.map(|t| t.into_iter().map(Into::into).collect());
+        let types: Option<HashSet<taskorch_domain::EventType>> = filter
+            .types
+            .map(|t| t.into_iter().map(Into::into).collect());
         let name = filter.workflow_name;
         let mut live = engine.bus().subscribe();
         Ok(async_stream::stream! {

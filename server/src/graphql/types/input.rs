@@ -1,6 +1,6 @@
 use async_graphql::{InputObject, Json};
-use taskorch_domain::dag::{self, CompensationSpec, TaskConfig, TaskSpec, WorkflowSpec};
 use taskorch_domain::RetryPolicy;
+use taskorch_domain::dag::{self, CompensationSpec, TaskConfig, TaskSpec, WorkflowSpec};
 
 use super::WorkflowStatus;
 
@@ -74,9 +74,20 @@ pub struct WorkflowFilter {
 }
 
 fn retry(key: &str, input: Option<RetryPolicyInput>) -> Result<RetryPolicy, dag::Error> {
-    let Some(r) = input else { return Ok(RetryPolicy::default()) };
-    RetryPolicy::from_parts(r.max_attempts, r.initial_delay_ms, r.multiplier, r.max_delay_ms, r.jitter)
-        .map_err(|source| dag::Error::InvalidRetry { key: key.to_owned(), source })
+    let Some(r) = input else {
+        return Ok(RetryPolicy::default());
+    };
+    RetryPolicy::from_parts(
+        r.max_attempts,
+        r.initial_delay_ms,
+        r.multiplier,
+        r.max_delay_ms,
+        r.jitter,
+    )
+    .map_err(|source| dag::Error::InvalidRetry {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 impl SubmitWorkflowInput {
@@ -109,6 +120,10 @@ impl SubmitWorkflowInput {
                 })
             })
             .collect::<Result<Vec<_>, dag::Error>>()?;
-        Ok(WorkflowSpec { name: self.name, idempotency_key: self.idempotency_key, tasks })
+        Ok(WorkflowSpec {
+            name: self.name,
+            idempotency_key: self.idempotency_key,
+            tasks,
+        })
     }
 }

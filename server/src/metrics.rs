@@ -1,0 +1,18 @@
+//! Prometheus text exposition of the server's counters.
+
+use std::fmt::Write;
+
+use taskorch_engine::Engine;
+
+/// Renders the metrics in the Prometheus text format.
+pub fn render(engine: &Engine) -> String {
+    let mut out = String::new();
+    let statements = engine.store().database().statements_executed();
+    let _ = writeln!(
+        out,
+        "# HELP taskorch_db_statements_total SQL statements executed by this process."
+    );
+    let _ = writeln!(out, "# TYPE taskorch_db_statements_total counter");
+    let _ = writeln!(out, "taskorch_db_statements_total {statements}");
+    out
+}

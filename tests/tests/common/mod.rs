@@ -1,0 +1,435 @@
+//! Harness: builds and starts the real `taskorch` (and `taskorch-worker`) binaries on port 0 with a database of
+//! their own — a SQLite file in a temporary directory, or a fresh PostgreSQL database when
+//! `TASKORCH_TEST_DATABASE_URL` names a PostgreSQL server — and speaks GraphQL over HTTP and graphql-transport-ws.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+static BUILD: Once = Once::new();
+
+fn target_dir() -> PathBuf {
+    // target/debug/deps/<test> → target
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built (once per test process) so the tests always run the current code.
+pub fn binary(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "taskorch-server",
+                "-p",
+                "taskorch-worker",
+                "--bins",
+                "--target-dir",
+            ])
+            .arg(target_dir())
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo build of the binaries");
+        assert!(status.success(), "building the binaries failed");
+    });
+    target_dir().join("debug").join(name)
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    fn create(admin_url: &str) -> Self {
+        let name = format!("taskorch_t_{}", uuid::Uuid::new_v4().simple());
+        let out = Command::new("psql")
+            .args([
+                admin_url,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("psql must be installed to run the tests on PostgreSQL");
+        assert!(
+            out.status.success(),
+            "cannot create a test database on {admin_url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(admin_url);
+        Self {
+            admin_url: admin_url.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Options of a test server.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Run the in-process worker.
+    pub worker: bool,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running server with its own database.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    _pg: Option<PgDatabase>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(opts: ServerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pg = std::env::var("TASKORCH_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(|u| PgDatabase::create(&u));
+        let database_url = match &pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}/taskorch.db?mode=rwc", dir.path().display()),
+        };
+        let mut cmd = Command::new(binary("taskorch"));
+        cmd.current_dir(dir.path())
+            .env("TASKORCH_LISTEN", "127.0.0.1:0")
+            .env("TASKORCH_DATABASE_URL", &database_url)
+            .env("TASKORCH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !opts.worker {
+            cmd.env("TASKORCH_NO_WORKER", "true");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start taskorch");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).ok();
+            // keep draining so the server never blocks on a full pipe
+            std::thread::spawn(move || for _ in reader.lines() {});
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(60), line)
+            .await
+            .expect("server printed its URL")
+            .expect("join");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(|u| u.trim_end_matches("/graphql").to_owned())
+            .unwrap_or_else(|| panic!("no URL in the first line of stdout: {line:?}"));
+        Self {
+            child,
+            base,
+            dir,
+            database_url,
+            _pg: pg,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn graphql_url(&self) -> String {
+        format!("{}/graphql", self.base)
+    }
+
+    /// Sends a GraphQL request; returns the whole response body.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.http
+            .post(self.graphql_url())
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON response")
+    }
+
+    /// Sends a GraphQL request that must succeed; returns `data`.
+    pub async fn data(&self, query: &str, variables: Value) -> Value {
+        let body = self.gql(query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    /// The first error's `extensions.code` and message.
+    pub async fn error(&self, query: &str, variables: Value) -> (String, String) {
+        let body = self.gql(query, variables).await;
+        let err = &body["errors"][0];
+        assert!(!err.is_null(), "expected an error: {body}");
+        (
+            err["extensions"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            err["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Submits a workflow; returns its id.
+    pub async fn submit(&self, input: Value) -> String {
+        let data = self
+            .data("mutation($input: SubmitWorkflowInput!) { submitWorkflow(input: $input) { id status } }", json!({ "input": input }))
+            .await;
+        data["submitWorkflow"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
+    pub async fn workflow(&self, id: &str) -> Value {
+        self.data(
+            "query($id: ID!) { workflow(id: $id) { id name status createdAt startedAt finishedAt \
+             tasks { id key kind status attempts payload result error dependsOn priority startedAt finishedAt } } }",
+            json!({ "id": id }),
+        )
+        .await["workflow"]
+            .clone()
+    }
+
+    /// The stored events of a workflow.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let data = self
+            .data("query($id: ID!) { workflow(id: $id) { events { sequence type taskKey at data } } }", json!({ "id": id }))
+            .await;
+        data["workflow"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Opens a graphql-transport-ws subscription.
+    pub async fn subscribe(&self, query: &str, variables: Value) -> Subscription {
+        Subscription::open(&self.base.replace("http://", "ws://"), query, variables).await
+    }
+
+    /// Follows the workflow's live events until its final one; returns them all (fails after `timeout`).
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Vec<Value> {
+        let mut sub = self
+            .subscribe(
+                "subscription($id: ID!) { workflowEvents(workflowId: $id) { sequence type taskKey at data } }",
+                json!({ "id": id }),
+            )
+            .await;
+        let events = tokio::time::timeout(timeout, sub.collect_until_complete())
+            .await
+            .unwrap_or_else(|_| panic!("workflow {id} did not finish within {timeout:?}"));
+        events
+            .into_iter()
+            .map(|e| e["workflowEvents"].clone())
+            .collect()
+    }
+
+    /// Starts a separate worker process on this server's database.
+    pub fn spawn_worker(&self, args: &[&str]) -> Child {
+        Command::new(binary("taskorch-worker"))
+            .current_dir(self.dir.path())
+            .env("TASKORCH_DATABASE_URL", &self.database_url)
+            .env("TASKORCH_LOG", "warn")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskorch-worker")
+    }
+
+    /// Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A graphql-transport-ws subscription.
+pub struct Subscription {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Subscription {
+    pub async fn open(ws_base: &str, query: &str, variables: Value) -> Self {
+        let mut req = format!("{ws_base}/graphql/ws")
+            .into_client_request()
+            .expect("ws request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connect");
+        ws.send(Message::text(
+            json!({ "type": "connection_init", "payload": {} }).to_string(),
+        ))
+        .await
+        .expect("init");
+        loop {
+            let msg = ws.next().await.expect("ack").expect("ack frame");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                assert_eq!(v["type"], "connection_ack", "{v}");
+                break;
+            }
+        }
+        let sub = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } });
+        ws.send(Message::text(sub.to_string()))
+            .await
+            .expect("subscribe");
+        Self { ws }
+    }
+
+    /// The next `data` payload; `None` once the server completes the subscription. Panics on an error message.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let msg = self.ws.next().await?.ok()?;
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    match v["type"].as_str() {
+                        Some("next") => {
+                            assert!(
+                                v["payload"].get("errors").is_none(),
+                                "subscription error: {v}"
+                            );
+                            return Some(v["payload"]["data"].clone());
+                        }
+                        Some("complete") => return None,
+                        Some("error") => panic!("subscription error: {v}"),
+                        Some("ping") => {
+                            let _ = self
+                                .ws
+                                .send(Message::text(json!({ "type": "pong" }).to_string()))
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The first raw message after subscribing (to look at errors).
+    pub async fn raw(&mut self) -> Value {
+        loop {
+            if let Message::Text(t) = self.ws.next().await.expect("message").expect("frame") {
+                return serde_json::from_str(&t).expect("json");
+            }
+        }
+    }
+
+    pub async fn collect_until_complete(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(v) = self.next().await {
+            out.push(v);
+        }
+        out
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Event types of a list of events.
+pub fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Asserts sequences are 1..=n (or start..) without gap or duplicate.
+pub fn assert_gapless(events: &[Value], first: i64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["sequence"].as_i64(),
+            Some(first + i as i64),
+            "gap or duplicate at index {i}: {events:?}"
+        );
+    }
+}
