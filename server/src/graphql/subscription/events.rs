@@ -23,6 +23,7 @@ pub struct EventFilter {
 pub struct EventSubscription;
 
 const REPLAY_PAGE: u64 = 1000;
+const LOG_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[Subscription]
 impl EventSubscription {
@@ -70,7 +71,10 @@ impl EventSubscription {
                 }
                 // Live.
                 loop {
-                    match live.recv().await {
+                    // Events committed by another process reach this one only through a shared bus; without
+                    // one, a quiet period falls back to reading the log.
+                    let Ok(received) = tokio::time::timeout(LOG_POLL, live.recv()).await else { continue 'outer };
+                    match received {
                         Ok(e) if e.workflow_id == id => {
                             if e.sequence <= last {
                                 continue;
