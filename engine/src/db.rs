@@ -74,11 +74,13 @@ impl Database {
     ) -> Self {
         let statements = Arc::new(AtomicU64::new(0));
         let counter = statements.clone();
-        write.set_metric_callback(move |_| {
+        write.set_metric_callback(move |i| {
+            tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
             counter.fetch_add(1, Ordering::Relaxed);
         });
         let counter = statements.clone();
-        read.set_metric_callback(move |_| {
+        read.set_metric_callback(move |i| {
+            tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
             counter.fetch_add(1, Ordering::Relaxed);
         });
         Self {

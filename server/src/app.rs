@@ -1,6 +1,7 @@
 //! The axum router: GraphQL over HTTP (POST, and GET for queries) and graphql-transport-ws, the playground and
 //! health endpoints.
 
+use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::{State, WebSocketUpgrade};
@@ -11,6 +12,7 @@ use axum::{Json, Router};
 use taskorch_engine::Engine;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::graphql::loaders::TaskLoader;
 use crate::graphql::{AppSchema, build_schema};
 use crate::playground;
 
@@ -47,7 +49,20 @@ pub fn router(engine: Engine, opts: AppOptions) -> Router {
 }
 
 async fn graphql_post(State(state): State<AppState>, req: GraphQLRequest) -> GraphQLResponse {
-    state.schema.execute(req.into_inner()).await.into()
+    state
+        .schema
+        .execute(with_loaders(&state, req.into_inner()))
+        .await
+        .into()
+}
+
+/// Per-request dataloaders with a cache, so a resolver can prefetch a whole page's tasks in one statement.
+fn with_loaders(state: &AppState, req: async_graphql::Request) -> async_graphql::Request {
+    req.data(DataLoader::with_cache(
+        TaskLoader::new(state.engine.clone()),
+        tokio::spawn,
+        HashMapCache::default(),
+    ))
 }
 
 async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Response {
@@ -60,7 +75,7 @@ async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Resp
         }]});
         return (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response();
     }
-    GraphQLResponse::from(state.schema.execute(req).await).into_response()
+    GraphQLResponse::from(state.schema.execute(with_loaders(&state, req)).await).into_response()
 }
 
 async fn graphql_ws(

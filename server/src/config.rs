@@ -20,7 +20,7 @@ pub struct Config {
     )]
     pub listen: String,
     /// Do not run worker loops in this process (run `taskorch-worker` instead).
-    #[arg(long, env = "TASKORCH_NO_WORKER", global = true)]
+    #[arg(long, env = "TASKORCH_NO_WORKER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_worker: bool,
     /// Most tasks in one workflow.
     #[arg(

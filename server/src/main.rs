@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use taskorch_engine::db::{Database, redact};
 use taskorch_engine::store::Store;
@@ -69,6 +70,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
     let stop = shutdown.clone();
+    // Without TCP_NODELAY small responses wait for delayed ACKs (tens of milliseconds per request).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;

@@ -23,7 +23,7 @@ pub struct Config {
     #[arg(long, env = "TASKORCH_WORKER_KINDS", value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
     /// Enable the `shell` handler.
-    #[arg(long, env = "TASKORCH_ALLOW_SHELL")]
+    #[arg(long, env = "TASKORCH_ALLOW_SHELL", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_shell: bool,
     /// Lease of a running attempt, extended by heartbeats.
     #[arg(long, env = "TASKORCH_LEASE_MS", default_value_t = 30_000)]

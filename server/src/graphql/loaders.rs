@@ -38,3 +38,7 @@ impl Loader<WorkflowId> for TaskLoader {
             .collect())
     }
 }
+
+/// The per-request task loader (with a cache, so a page can be prefetched in one statement).
+pub type TaskLoaderCached =
+    async_graphql::dataloader::DataLoader<TaskLoader, async_graphql::dataloader::HashMapCache>;

@@ -6,11 +6,8 @@ pub mod query;
 pub mod subscription;
 pub mod types;
 
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 use taskorch_engine::Engine;
-
-use self::loaders::TaskLoader;
 
 #[derive(MergedObject, Default)]
 pub struct QueryRoot(query::WorkflowQuery);
@@ -25,15 +22,12 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema over an engine.
 pub fn build_schema(engine: Engine) -> AppSchema {
-    let loader =
-        DataLoader::new(TaskLoader::new(engine.clone()), tokio::spawn).max_batch_size(1000);
     Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
     .data(engine)
-    .data(loader)
     .limit_depth(16)
     .limit_complexity(100_000)
     .finish()

@@ -4,6 +4,7 @@ use taskorch_engine::Engine;
 use taskorch_engine::model::WorkflowFilter as Filter;
 
 use crate::error::{from_engine, invalid};
+use crate::graphql::loaders::TaskLoaderCached;
 use crate::graphql::types::{Workflow, WorkflowFilter, parse_workflow_id};
 
 /// Largest page of `workflows`.
@@ -56,6 +57,15 @@ impl WorkflowQuery {
             .workflows(&filter, after, first as u64)
             .await
             .map_err(from_engine)?;
+        let node = ctx.look_ahead().field("edges").field("node");
+        if node.field("tasks").exists() || node.field("task").exists() {
+            // One statement for the tasks of the whole page; the per-workflow resolvers then read the cache.
+            let ids: Vec<_> = page.items.iter().map(|w| w.id).collect();
+            ctx.data::<TaskLoaderCached>()?
+                .load_many(ids)
+                .await
+                .map_err(|e| (*e).clone())?;
+        }
         let mut conn = Connection::new(after.is_some(), page.has_next_page);
         conn.edges.extend(
             page.items

@@ -1,4 +1,3 @@
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID, Object, Result};
 use chrono::{DateTime, Utc};
 use taskorch_engine::Engine;
@@ -6,7 +5,7 @@ use taskorch_engine::model::WorkflowRecord;
 
 use super::{Task, WorkflowEvent, WorkflowStatus};
 use crate::error::from_engine;
-use crate::graphql::loaders::TaskLoader;
+use crate::graphql::loaders::TaskLoaderCached;
 
 /// A workflow run: a DAG of tasks.
 pub struct Workflow(pub WorkflowRecord);
@@ -48,7 +47,7 @@ impl Workflow {
     /// Its tasks, in definition order.
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
         let tasks = ctx
-            .data::<DataLoader<TaskLoader>>()?
+            .data::<TaskLoaderCached>()?
             .load_one(self.0.id)
             .await
             .map_err(|e| (*e).clone())?;
@@ -59,7 +58,7 @@ impl Workflow {
     /// One task by key.
     async fn task(&self, ctx: &Context<'_>, key: String) -> Result<Option<Task>> {
         let tasks = ctx
-            .data::<DataLoader<TaskLoader>>()?
+            .data::<TaskLoaderCached>()?
             .load_one(self.0.id)
             .await
             .map_err(|e| (*e).clone())?;
