@@ -229,10 +229,10 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
     if spec.name.is_empty() || spec.name.chars().count() > 200 {
         return Err(Error::InvalidName);
     }
-    if let Some(k) = &spec.idempotency_key {
-        if k.is_empty() || k.len() > 256 {
-            return Err(Error::InvalidIdempotencyKey);
-        }
+    if let Some(k) = &spec.idempotency_key
+        && (k.is_empty() || k.len() > 256)
+    {
+        return Err(Error::InvalidIdempotencyKey);
     }
     if spec.tasks.is_empty() {
         return Err(Error::Empty);
@@ -255,12 +255,12 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
                 key: task.key.clone(),
             });
         }
-        if let Some(c) = &task.compensation {
-            if !is_valid_key(&c.kind) {
-                return Err(Error::InvalidKind {
-                    key: task.key.clone(),
-                });
-            }
+        if let Some(c) = &task.compensation
+            && !is_valid_key(&c.kind)
+        {
+            return Err(Error::InvalidKind {
+                key: task.key.clone(),
+            });
         }
         if index.insert(task.key.as_str(), i).is_some() {
             return Err(Error::DuplicateKey {

@@ -34,10 +34,10 @@ impl Store {
     /// Stores a new workflow and starts it: root tasks are QUEUED (ready for dispatch), the others PENDING.
     pub async fn insert_workflow(&self, new: NewWorkflow) -> Result<SubmitOutcome, Error> {
         let spec = &new.validated.spec;
-        if let Some(key) = &spec.idempotency_key {
-            if let Some(existing) = self.find_by_idempotency_key(key, &new.content_hash).await? {
-                return Ok(SubmitOutcome::Existing(existing));
-            }
+        if let Some(key) = &spec.idempotency_key
+            && let Some(existing) = self.find_by_idempotency_key(key, &new.content_hash).await?
+        {
+            return Ok(SubmitOutcome::Existing(existing));
         }
         let now = now_us();
         let wf_id = WorkflowId::new();
@@ -129,15 +129,12 @@ impl Store {
             .await
         {
             drop(txn);
-            if is_unique_violation(&err) {
-                if let Some(key) = &spec.idempotency_key {
-                    // A concurrent submission with the same key won the race.
-                    if let Some(existing) =
-                        self.find_by_idempotency_key(key, &new.content_hash).await?
-                    {
-                        return Ok(SubmitOutcome::Existing(existing));
-                    }
-                }
+            // A concurrent submission with the same key won the race.
+            if is_unique_violation(&err)
+                && let Some(key) = &spec.idempotency_key
+                && let Some(existing) = self.find_by_idempotency_key(key, &new.content_hash).await?
+            {
+                return Ok(SubmitOutcome::Existing(existing));
             }
             return Err(err.into());
         }
