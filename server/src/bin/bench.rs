@@ -1,1 +1,185 @@
-fn main() {}
+//! `taskorch-bench`: end-to-end figures of the engine in one process (embedded worker, no HTTP), on SQLite or
+//! PostgreSQL. Prints submission time of 10,000-task DAGs, independent noop throughput, chain hop latency and a
+//! 1,000-wide fan-out/fan-in. Build with `--release`; see BENCHMARKS.md for the commands and figures.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sea_orm::ConnectionTrait;
+use taskorch_domain::{EventType, TaskSpec, WorkflowId, WorkflowSpec};
+use taskorch_engine::db::{Database, PoolOptions};
+use taskorch_engine::store::Store;
+use taskorch_engine::{Engine, EngineOptions, InProcessEventBus};
+use taskorch_worker::{Registry, RegistryOptions, WorkerOptions, run_embedded};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "taskorch-bench")]
+struct Args {
+    /// `sqlite` (a fresh file in a temp dir) or a PostgreSQL server URL (a fresh database is created on it).
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// Independent noop tasks in the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    noop_tasks: usize,
+    /// Tasks per workflow in the throughput run.
+    #[arg(long, default_value_t = 100)]
+    noop_batch: usize,
+    /// Chains of 10 run one after the other for the hop latency.
+    #[arg(long, default_value_t = 30)]
+    chains: usize,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = std::env::temp_dir().join(format!("taskorch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let (url, cleanup) = if args.database == "sqlite" {
+        (format!("sqlite://{}/bench.db?mode=rwc", tmp.display()), None)
+    } else {
+        let admin = Database::connect(&args.database, PoolOptions::default()).await?;
+        let name = format!("taskorch_bench_{}", std::process::id());
+        admin.write.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        let base = args.database.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(args.database.clone());
+        (format!("{base}/{name}"), Some((admin, name)))
+    };
+    let backend = if cleanup.is_some() { "PostgreSQL" } else { "SQLite" };
+    let db = Database::connect(&url, PoolOptions::default()).await?;
+    db.migrate().await?;
+    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::new(1 << 20)), EngineOptions::default());
+    println!("taskorch-bench on {backend}, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // 1. Submission of 10,000-task DAGs (no worker running).
+    for (shape, spec) in [("chain", chain("submit-chain", 10_000)), ("fan-out", fan_out("submit-fan", 10_000))] {
+        let t = Instant::now();
+        engine.submit(spec).await?;
+        println!("submit 10,000-task {shape:<8}  {:>8.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // Those two stay unrun: start the worker for the execution figures on fresh workflows only.
+    cancel_all(&engine).await?;
+
+    let shutdown = CancellationToken::new();
+    let registry = Arc::new(Registry::with_builtins(RegistryOptions::default()));
+    let worker = tokio::spawn(run_embedded(
+        engine.clone(),
+        registry,
+        WorkerOptions { concurrency: args.concurrency, ..WorkerOptions::default() },
+        shutdown.clone(),
+    ));
+
+    // 2. Independent noop tasks.
+    let workflows = args.noop_tasks.div_ceil(args.noop_batch);
+    let mut done = engine.bus().subscribe();
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(workflows);
+    for w in 0..workflows {
+        let tasks = (0..args.noop_batch).map(|i| TaskSpec::new(format!("n{i}"), "noop")).collect();
+        ids.push(engine.submit(WorkflowSpec { name: format!("noop{w}"), idempotency_key: None, tasks }).await?.id);
+    }
+    wait_completed(&mut done, workflows).await?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "independent noop tasks     {:>8.0} tasks/s  ({} tasks in {} workflows, {:.2} s, submission included)",
+        (workflows * args.noop_batch) as f64 / secs,
+        workflows * args.noop_batch,
+        workflows,
+        secs
+    );
+
+    // 3. Chains of 10, one at a time: hop = dependent started − dependency finished.
+    let mut hops = Vec::new();
+    for c in 0..args.chains {
+        let mut done = engine.bus().subscribe();
+        let id = engine.submit(chain(&format!("chain{c}"), 10)).await?.id;
+        wait_completed(&mut done, 1).await?;
+        hops.extend(hop_latencies(&engine, id).await?);
+    }
+    hops.sort_by(f64::total_cmp);
+    println!(
+        "chain of 10, hop latency   p50 {:>6.2} ms  p99 {:>6.2} ms  ({} hops)",
+        percentile(&hops, 0.50),
+        percentile(&hops, 0.99),
+        hops.len()
+    );
+
+    // 4. Fan-out 1,000 → fan-in.
+    let mut done = engine.bus().subscribe();
+    let t = Instant::now();
+    let mut tasks = vec![TaskSpec::new("root", "noop")];
+    tasks.extend((0..1000).map(|i| TaskSpec::new(format!("w{i}"), "noop").after(&["root"])));
+    let leaves: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    let mut sink = TaskSpec::new("sink", "noop");
+    sink.depends_on = leaves;
+    tasks.push(sink);
+    engine.submit(WorkflowSpec { name: "fan".into(), idempotency_key: None, tasks }).await?;
+    wait_completed(&mut done, 1).await?;
+    println!("fan-out 1,000 → fan-in     {:>8.1} ms end to end", t.elapsed().as_secs_f64() * 1000.0);
+
+    shutdown.cancel();
+    let _ = worker.await;
+    drop(ids);
+    if let Some((admin, name)) = cleanup {
+        admin.write.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn chain(name: &str, n: usize) -> WorkflowSpec {
+    let tasks = (0..n)
+        .map(|i| {
+            let t = TaskSpec::new(format!("t{i}"), "noop");
+            if i == 0 { t } else { t.after(&[&format!("t{}", i - 1)]) }
+        })
+        .collect();
+    WorkflowSpec { name: name.into(), idempotency_key: None, tasks }
+}
+
+fn fan_out(name: &str, n: usize) -> WorkflowSpec {
+    let mut tasks = vec![TaskSpec::new("root", "noop")];
+    tasks.extend((1..n).map(|i| TaskSpec::new(format!("leaf{i}"), "noop").after(&["root"])));
+    WorkflowSpec { name: name.into(), idempotency_key: None, tasks }
+}
+
+async fn cancel_all(engine: &Engine) -> anyhow::Result<()> {
+    let db = engine.store().database();
+    db.write.execute_unprepared("UPDATE workflow SET status = 'CANCELLED'").await?;
+    db.write.execute_unprepared("UPDATE task SET status = 'CANCELLED' WHERE status IN ('PENDING', 'QUEUED')").await?;
+    Ok(())
+}
+
+async fn wait_completed(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<taskorch_engine::model::EventRecord>>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let mut seen = 0;
+    while seen < n {
+        let e = tokio::time::timeout(Duration::from_secs(600), rx.recv()).await??;
+        match e.event_type {
+            EventType::WorkflowCompleted => seen += 1,
+            EventType::WorkflowFailed => anyhow::bail!("workflow {} failed", e.workflow_id),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn hop_latencies(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<f64>> {
+    let tasks = engine.tasks_of(&[id]).await?.remove(&id).unwrap_or_default();
+    Ok(tasks
+        .windows(2)
+        .filter_map(|w| Some((w[1].started_at_us? - w[0].finished_at_us?) as f64 / 1000.0))
+        .collect())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
