@@ -4,6 +4,7 @@
 pub mod dag;
 pub mod event;
 pub mod ids;
+pub mod lifecycle;
 pub mod retry;
 pub mod saga;
 pub mod status;

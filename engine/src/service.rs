@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use taskorch_domain::lifecycle::Action;
 use taskorch_domain::{Limits, WorkflowId, WorkflowSpec, dag};
 use tokio::sync::Notify;
 
@@ -129,6 +130,36 @@ impl Engine {
         limit: u64,
     ) -> Result<Vec<EventRecord>, Error> {
         self.inner.store.events(id, after_sequence, limit).await
+    }
+
+    /// Applies an operator action (cancel, pause, resume, retry) and returns the workflow as it is now.
+    pub async fn act(&self, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
+        let events = self.inner.store.apply_action(id, action).await?;
+        self.inner.bus.publish(events);
+        if matches!(action, Action::Resume | Action::Retry) {
+            self.wake_dispatcher();
+        }
+        self.inner
+            .store
+            .workflow(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "workflow",
+                id: id.to_string(),
+            })
+    }
+
+    /// Applies an action to every workflow matching `filter` for which it is allowed; returns how many changed.
+    pub async fn act_many(&self, filter: &WorkflowFilter, action: Action) -> Result<usize, Error> {
+        let mut changed = 0;
+        for id in self.inner.store.workflow_ids(filter).await? {
+            match self.act(id, action).await {
+                Ok(_) => changed += 1,
+                Err(Error::InvalidState { .. } | Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(changed)
     }
 
     /// Due tasks for the queue.

@@ -25,6 +25,8 @@ pub struct Model {
     pub pending_deps: i32,
     pub priority: i16,
     pub attempts: i32,
+    /// Attempts made before the last operator retry; the retry policy counts from here.
+    pub attempt_base: i32,
     /// The retry policy (JSON).
     pub retry: Json,
     pub timeout_ms: Option<i64>,
@@ -34,6 +36,8 @@ pub struct Model {
     /// Kind of the compensation, for routing.
     pub comp_kind: Option<String>,
     pub comp_attempts: i32,
+    /// Compensation attempts made before the last operator retry.
+    pub comp_attempt_base: i32,
     pub available_at: i64,
     pub dispatched_until: i64,
     pub lease_until: Option<i64>,

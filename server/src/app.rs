@@ -13,6 +13,7 @@ use taskorch_engine::Engine;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::graphql::loaders::TaskLoader;
+use crate::graphql::subscription::ActiveSubscriptions;
 use crate::graphql::{AppSchema, build_schema};
 use crate::playground;
 
@@ -20,6 +21,7 @@ use crate::playground;
 pub struct AppState {
     pub schema: AppSchema,
     pub engine: Engine,
+    pub subscriptions: ActiveSubscriptions,
 }
 
 /// Options of the HTTP layer.
@@ -29,9 +31,11 @@ pub struct AppOptions {
 }
 
 pub fn router(engine: Engine, opts: AppOptions) -> Router {
+    let subscriptions = ActiveSubscriptions::default();
     let state = AppState {
-        schema: build_schema(engine.clone()),
+        schema: build_schema(engine.clone(), subscriptions.clone()),
         engine,
+        subscriptions,
     };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
@@ -110,7 +114,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = crate::metrics::render(&state.engine);
+    let text = crate::metrics::render(&state.engine, &state.subscriptions);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -4,8 +4,10 @@ use std::fmt::Write;
 
 use taskorch_engine::Engine;
 
+use crate::graphql::subscription::ActiveSubscriptions;
+
 /// Renders the metrics in the Prometheus text format.
-pub fn render(engine: &Engine) -> String {
+pub fn render(engine: &Engine, subscriptions: &ActiveSubscriptions) -> String {
     let mut out = String::new();
     let statements = engine.store().database().statements_executed();
     let _ = writeln!(
@@ -14,5 +16,11 @@ pub fn render(engine: &Engine) -> String {
     );
     let _ = writeln!(out, "# TYPE taskorch_db_statements_total counter");
     let _ = writeln!(out, "taskorch_db_statements_total {statements}");
+    let _ = writeln!(
+        out,
+        "# HELP taskorch_active_subscriptions GraphQL subscriptions streaming now."
+    );
+    let _ = writeln!(out, "# TYPE taskorch_active_subscriptions gauge");
+    let _ = writeln!(out, "taskorch_active_subscriptions {}", subscriptions.get());
     out
 }

@@ -39,7 +39,16 @@ impl Default for WorkerOptions {
     }
 }
 
-type Held = Arc<Mutex<HashMap<TaskId, (Phase, i32, CancellationToken)>>>;
+/// Attempts running in this worker: phase, attempt, stop signal, and (workflow, key) to match events.
+type Held = Arc<Mutex<HashMap<TaskId, HeldAttempt>>>;
+
+struct HeldAttempt {
+    phase: Phase,
+    attempt: i32,
+    lost: CancellationToken,
+    workflow_id: taskorch_domain::WorkflowId,
+    key: String,
+}
 
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
 /// used by the server and by a separate worker process without a broker). Returns after a graceful stop.
@@ -93,6 +102,11 @@ pub async fn run_worker(
         opts.heartbeat,
         beats.clone(),
     ));
+    let signals = tokio::spawn(run_cancel_signals(
+        engine.clone(),
+        held.clone(),
+        beats.clone(),
+    ));
 
     loop {
         let first = tokio::select! {
@@ -122,7 +136,16 @@ pub async fn run_worker(
             let Some(permit) = permits.pop() else { break };
             let lost = CancellationToken::new();
             if let Ok(mut h) = held.lock() {
-                h.insert(task.task_id, (task.phase, task.attempt, lost.clone()));
+                h.insert(
+                    task.task_id,
+                    HeldAttempt {
+                        phase: task.phase,
+                        attempt: task.attempt,
+                        lost: lost.clone(),
+                        workflow_id: task.workflow_id,
+                        key: task.key.clone(),
+                    },
+                );
             }
             let registry = registry.clone();
             let report_tx = report_tx.clone();
@@ -162,6 +185,7 @@ pub async fn run_worker(
     }
     beats.cancel();
     let _ = heartbeat.await;
+    let _ = signals.await;
     drop(report_tx);
     let _ = reporter.await;
 }
@@ -302,10 +326,7 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
             _ = tokio::time::sleep(period) => {}
         }
         let snapshot: Vec<(TaskId, Phase, i32)> = match held.lock() {
-            Ok(h) => h
-                .iter()
-                .map(|(id, (phase, attempt, _))| (*id, *phase, *attempt))
-                .collect(),
+            Ok(h) => h.iter().map(|(id, a)| (*id, a.phase, a.attempt)).collect(),
             Err(_) => continue,
         };
         if snapshot.is_empty() {
@@ -315,14 +336,46 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
             Ok(lost) => {
                 if let Ok(h) = held.lock() {
                     for id in lost {
-                        if let Some((_, _, token)) = h.get(&id) {
+                        if let Some(a) = h.get(&id) {
                             tracing::info!(task.id = %id, "attempt no longer holds its task; cancelling it");
-                            token.cancel();
+                            a.lost.cancel();
                         }
                     }
                 }
             }
             Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+/// Stops running attempts as soon as their task is cancelled (workflow cancelled or compensating), instead of
+/// waiting for the next heartbeat to find out.
+async fn run_cancel_signals(engine: Engine, held: Held, stop: CancellationToken) {
+    let mut events = engine.bus().subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            e = events.recv() => e,
+        };
+        let event = match event {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        };
+        if event.event_type != taskorch_domain::EventType::TaskCancelled {
+            continue;
+        }
+        let Some(key) = event.task_key.as_deref() else {
+            continue;
+        };
+        if let Ok(h) = held.lock() {
+            for a in h
+                .values()
+                .filter(|a| a.workflow_id == event.workflow_id && a.key == key)
+            {
+                tracing::info!(workflow.id = %a.workflow_id, task.key = %a.key, "task cancelled; stopping its attempt");
+                a.lost.cancel();
+            }
         }
     }
 }

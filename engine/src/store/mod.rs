@@ -2,6 +2,7 @@
 //! (a state change, its events, the tasks it makes ready) share one transaction.
 
 mod exec;
+mod lifecycle;
 mod read;
 mod report;
 mod submit;

@@ -193,7 +193,7 @@ impl Store {
         let Some(row) = txn
             .query_one_raw(self.db.stmt(
                 "UPDATE task SET lease_until = NULL, error = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING' \
-                 RETURNING workflow_id, key, retry",
+                 RETURNING workflow_id, key, retry, attempt_base",
                 vec![error.into(), (*id).into(), attempt.into()],
             ))
             .await?
@@ -204,12 +204,14 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let policy: RetryPolicy =
             serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
+        let base: i32 = row.try_get_by_index(3)?;
         let failed = NewEvent::task(EventType::TaskFailed, key.clone())
             .with_data(json!({ "attempt": attempt, "error": error }));
         let status: WorkflowStatus = self.workflow_status(txn, wf).await?;
         let active = matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused);
-        if active && policy.should_retry(attempt as u32) {
-            let delay = policy.delay(attempt as u32, sample);
+        let counted = (attempt - base).max(1) as u32;
+        if active && policy.should_retry(counted) {
+            let delay = policy.delay(counted, sample);
             let delay_us = delay.as_micros() as i64;
             txn.execute_raw(self.db.stmt(
                 "UPDATE task SET status = 'RETRYING', available_at = ?, dispatched_until = 0 WHERE id = ?",
@@ -377,7 +379,8 @@ impl Store {
         let Some(row) = txn
             .query_one_raw(self.db.stmt(
                 "UPDATE task SET lease_until = NULL, error = ? WHERE id = ? AND comp_attempts = ? \
-                 AND status = 'COMPENSATING' AND lease_until IS NOT NULL RETURNING workflow_id, key, compensation",
+                 AND status = 'COMPENSATING' AND lease_until IS NOT NULL \
+                 RETURNING workflow_id, key, compensation, comp_attempt_base",
                 vec![error.into(), (*id).into(), attempt.into()],
             ))
             .await?
@@ -391,8 +394,10 @@ impl Store {
             .and_then(|c| c.get("retry").cloned())
             .and_then(|r| serde_json::from_value(r).ok())
             .unwrap_or_default();
-        if policy.should_retry(attempt as u32) {
-            let delay = policy.delay(attempt as u32, sample).as_micros() as i64;
+        let base: i32 = row.try_get_by_index(3)?;
+        let counted = (attempt - base).max(1) as u32;
+        if policy.should_retry(counted) {
+            let delay = policy.delay(counted, sample).as_micros() as i64;
             txn.execute_raw(self.db.stmt(
                 "UPDATE task SET available_at = ?, dispatched_until = 0 WHERE id = ?",
                 vec![(now + delay).into(), (*id).into()],
@@ -471,7 +476,7 @@ impl Store {
                 for i in ready {
                     txn.execute_raw(self.db.stmt(
                         "UPDATE task SET status = 'COMPENSATING', available_at = ?, dispatched_until = 0, \
-                           lease_until = NULL, comp_attempts = 0 WHERE id = ? AND status = 'COMPLETED'",
+                           lease_until = NULL, comp_attempt_base = comp_attempts WHERE id = ? AND status = 'COMPLETED'",
                         vec![now.into(), ids[i].into()],
                     ))
                     .await?;

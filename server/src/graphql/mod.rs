@@ -21,13 +21,14 @@ pub struct SubscriptionRoot(subscription::EventSubscription);
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema over an engine.
-pub fn build_schema(engine: Engine) -> AppSchema {
+pub fn build_schema(engine: Engine, subscriptions: subscription::ActiveSubscriptions) -> AppSchema {
     Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
     .data(engine)
+    .data(subscriptions)
     .limit_depth(16)
     .limit_complexity(100_000)
     .finish()

@@ -264,7 +264,7 @@ impl Server {
     pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Vec<Value> {
         let mut sub = self
             .subscribe(
-                "subscription($id: ID!) { workflowEvents(workflowId: $id) { sequence type taskKey at data } }",
+                "subscription($id: ID!) { workflowEvents(workflowId: $id) { sequence type taskKey workflowId at data } }",
                 json!({ "id": id }),
             )
             .await;
@@ -300,6 +300,31 @@ impl Server {
             .text()
             .await
             .expect("text")
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A metric's value from `/metrics` (the first sample of that name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .and_then(|rest| rest.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }
 
     pub fn http(&self) -> &reqwest::Client {

@@ -7,6 +7,7 @@ use futures::Stream;
 use taskorch_engine::Engine;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::ActiveSubscriptions;
 use crate::error::from_engine;
 use crate::graphql::types::{EventType, WorkflowEvent, parse_workflow_id};
 
@@ -46,7 +47,9 @@ impl EventSubscription {
             ));
         }
         let mut last = after_sequence.unwrap_or(0).max(0);
+        let guard = ctx.data::<ActiveSubscriptions>()?.enter();
         Ok(async_stream::stream! {
+            let _guard = guard;
             'outer: loop {
                 // Catch up from the log.
                 loop {
@@ -117,7 +120,9 @@ impl EventSubscription {
             .map(|t| t.into_iter().map(Into::into).collect());
         let name = filter.workflow_name;
         let mut live = engine.bus().subscribe();
+        let guard = ctx.data::<ActiveSubscriptions>()?.enter();
         Ok(async_stream::stream! {
+            let _guard = guard;
             loop {
                 match live.recv().await {
                     Ok(e) => {

@@ -1,5 +1,7 @@
 //! Subscription roots.
 
 mod events;
+mod guard;
 
 pub use events::EventSubscription;
+pub use guard::ActiveSubscriptions;

@@ -1,0 +1,174 @@
+//! Operator actions: cancel, pause, resume and retry, each one transaction with its events.
+
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::json;
+use taskorch_domain::lifecycle::{Action, RetryStep, retry_plan};
+use taskorch_domain::{EventType, NewEvent, TaskStatus, WorkflowId, WorkflowStatus};
+use uuid::Uuid;
+
+use super::Store;
+use crate::error::Error;
+use crate::model::EventRecord;
+use crate::time::now_us;
+
+impl Store {
+    /// Applies an operator action to a workflow; returns the events written.
+    pub async fn apply_action(
+        &self,
+        id: WorkflowId,
+        action: Action,
+    ) -> Result<Vec<EventRecord>, Error> {
+        let now = now_us();
+        let wf = id.0;
+        let txn = self.db.write.begin().await?;
+        // A write first, so SQLite takes its write lock before anything is read.
+        let row = txn
+            .query_one_raw(self.db.stmt(
+                "UPDATE workflow SET updated_at = ? WHERE id = ? RETURNING status",
+                vec![now.into(), wf.into()],
+            ))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "workflow",
+                id: id.to_string(),
+            })?;
+        let current: WorkflowStatus = row
+            .try_get_by_index::<String>(0)?
+            .parse()
+            .map_err(Error::corrupt)?;
+        let target = action.target(current).ok_or(Error::InvalidState {
+            current,
+            action: action.past_participle(),
+        })?;
+        self.set_workflow_status(&txn, wf, current, target, now)
+            .await?;
+        let mut events = Vec::new();
+        match (action, current) {
+            (Action::Cancel, _) => {
+                events.extend(self.cancel_unfinished(&txn, wf, now).await?);
+                events.push(NewEvent::workflow(EventType::WorkflowCancelled));
+            }
+            (Action::Pause, _) => events.push(NewEvent::workflow(EventType::WorkflowPaused)),
+            (Action::Resume, _) => {
+                // Dispatches refused while paused go out again now, not after their redelivery delay.
+                txn.execute_raw(self.db.stmt(
+                    "UPDATE task SET dispatched_until = 0 WHERE workflow_id = ? AND status IN ('QUEUED', 'RETRYING')",
+                    vec![wf.into()],
+                ))
+                .await?;
+                events.push(NewEvent::workflow(EventType::WorkflowResumed));
+            }
+            (Action::Retry, WorkflowStatus::CompensationFailed) => {
+                events.push(
+                    NewEvent::workflow(EventType::WorkflowResumed)
+                        .with_data(json!({ "reason": "retry" })),
+                );
+                let rows = txn
+                    .query_all_raw(self.db.stmt(
+                        "UPDATE task SET status = 'COMPENSATING', lease_until = NULL, available_at = ?, \
+                           dispatched_until = 0, comp_attempt_base = comp_attempts, error = NULL \
+                         WHERE workflow_id = ? AND status = 'COMPENSATION_FAILED' RETURNING key, position",
+                        vec![now.into(), wf.into()],
+                    ))
+                    .await?;
+                let mut keys: Vec<(i32, String)> = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
+                    .collect::<Result<_, sea_orm::DbErr>>()?;
+                keys.sort();
+                events.extend(
+                    keys.into_iter()
+                        .map(|(_, k)| NewEvent::task(EventType::TaskCompensating, k)),
+                );
+            }
+            (Action::Retry, _) => {
+                events.push(
+                    NewEvent::workflow(EventType::WorkflowResumed)
+                        .with_data(json!({ "reason": "retry" })),
+                );
+                events.extend(self.rerun_failed(&txn, wf, now).await?);
+            }
+        }
+        let records = self.append_events(&txn, wf, events, now).await?;
+        txn.commit().await?;
+        Ok(records)
+    }
+
+    /// Puts FAILED and CANCELLED tasks back: queued when their dependencies are complete, pending otherwise.
+    async fn rerun_failed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        wf: Uuid,
+        now: i64,
+    ) -> Result<Vec<NewEvent>, Error> {
+        let rows = conn
+            .query_all_raw(self.db.stmt(
+                "SELECT id, key, status, depends_on FROM task WHERE workflow_id = ? ORDER BY position",
+                vec![wf.into()],
+            ))
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut statuses = Vec::with_capacity(rows.len());
+        let mut dep_keys: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get_by_index::<Uuid>(0)?);
+            keys.push(r.try_get_by_index::<String>(1)?);
+            statuses.push(
+                r.try_get_by_index::<String>(2)?
+                    .parse::<TaskStatus>()
+                    .map_err(Error::corrupt)?,
+            );
+            dep_keys.push(serde_json::from_value(r.try_get_by_index(3)?).map_err(Error::corrupt)?);
+        }
+        let index: std::collections::HashMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = dep_keys
+            .iter()
+            .map(|ds| {
+                ds.iter()
+                    .filter_map(|k| index.get(k.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let mut events = Vec::new();
+        for (i, step) in retry_plan(&statuses, &deps) {
+            let (status, pending, queued_at) = match step {
+                RetryStep::Queue => (TaskStatus::Queued, 0, Some(now)),
+                RetryStep::Wait { pending } => (TaskStatus::Pending, pending as i32, None),
+            };
+            conn.execute_raw(self.db.stmt(
+                "UPDATE task SET status = ?, pending_deps = ?, queued_at = ?, available_at = ?, dispatched_until = 0, \
+                   lease_until = NULL, error = NULL, result = NULL, finished_at = NULL, attempt_base = attempts \
+                 WHERE id = ?",
+                vec![status.as_str().into(), pending.into(), queued_at.into(), now.into(), ids[i].into()],
+            ))
+            .await?;
+            if status == TaskStatus::Queued {
+                events.push(NewEvent::task(EventType::TaskQueued, keys[i].clone()));
+            }
+        }
+        Ok(events)
+    }
+
+    /// Ids of the workflows matching a filter (for bulk actions).
+    pub async fn workflow_ids(
+        &self,
+        filter: &crate::model::WorkflowFilter,
+    ) -> Result<Vec<WorkflowId>, Error> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_workflows(filter, after, 1000).await?;
+            out.extend(page.items.iter().map(|w| w.id));
+            if !page.has_next_page {
+                break;
+            }
+            after = out.last().copied();
+        }
+        Ok(out)
+    }
+}
