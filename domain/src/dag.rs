@@ -24,9 +24,7 @@ impl Priority {
 
     /// A priority, if `value` is within 0–9.
     pub fn new(value: i64) -> Option<Self> {
-        (0..=i64::from(Self::MAX))
-            .contains(&value)
-            .then_some(Self(value as u8))
+        (0..=i64::from(Self::MAX)).contains(&value).then_some(Self(value as u8))
     }
 
     pub fn get(self) -> u8 {
@@ -126,10 +124,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_tasks: 10_000,
-            max_payload_bytes: 256 * 1024,
-        }
+        Self { max_tasks: 10_000, max_payload_bytes: 256 * 1024 }
     }
 }
 
@@ -155,40 +150,27 @@ pub enum Error {
     #[error("the dependencies form a cycle: {}", path.join(" -> "))]
     Cycle { path: Vec<String> },
     #[error("the payload of task `{key}` is {size} bytes, more than the limit of {max} bytes")]
-    PayloadTooLarge {
-        key: String,
-        size: usize,
-        max: usize,
-    },
+    PayloadTooLarge { key: String, size: usize, max: usize },
     #[error("task `{key}` has priority {priority}: priorities are 0 to 9")]
     InvalidPriority { key: String, priority: i64 },
     #[error("task `{key}` has timeoutMs {timeout_ms}: it must be between 1 and 86400000")]
     InvalidTimeout { key: String, timeout_ms: i64 },
     #[error("task `{key}`: {source}")]
-    InvalidRetry {
-        key: String,
-        source: crate::retry::Error,
-    },
+    InvalidRetry { key: String, source: crate::retry::Error },
     #[error("idempotency keys are 1 to 256 characters")]
     InvalidIdempotencyKey,
 }
 
 /// Whether `key` is 1–128 characters of `[A-Za-z0-9_.-]`.
 pub fn is_valid_key(key: &str) -> bool {
-    (1..=128).contains(&key.len())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Checks a numeric priority from the API.
 pub fn priority(key: &str, value: Option<i64>) -> Result<Priority, Error> {
     match value {
         None => Ok(Priority::default()),
-        Some(v) => Priority::new(v).ok_or(Error::InvalidPriority {
-            key: key.to_owned(),
-            priority: v,
-        }),
+        Some(v) => Priority::new(v).ok_or(Error::InvalidPriority { key: key.to_owned(), priority: v }),
     }
 }
 
@@ -197,10 +179,7 @@ pub fn timeout(key: &str, value: Option<i64>) -> Result<Option<u64>, Error> {
     match value {
         None => Ok(None),
         Some(v) if (1..=86_400_000).contains(&v) => Ok(Some(v as u64)),
-        Some(v) => Err(Error::InvalidTimeout {
-            key: key.to_owned(),
-            timeout_ms: v,
-        }),
+        Some(v) => Err(Error::InvalidTimeout { key: key.to_owned(), timeout_ms: v }),
     }
 }
 
@@ -215,12 +194,7 @@ pub struct ValidatedWorkflow {
 impl ValidatedWorkflow {
     /// Indexes of the tasks with no dependencies: they are ready at submission.
     pub fn roots(&self) -> impl Iterator<Item = usize> + '_ {
-        self.spec
-            .tasks
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.depends_on.is_empty())
-            .map(|(i, _)| i)
+        self.spec.tasks.iter().enumerate().filter(|(_, t)| t.depends_on.is_empty()).map(|(i, _)| i)
     }
 }
 
@@ -238,46 +212,27 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
         return Err(Error::Empty);
     }
     if spec.tasks.len() > limits.max_tasks {
-        return Err(Error::TooManyTasks {
-            count: spec.tasks.len(),
-            max: limits.max_tasks,
-        });
+        return Err(Error::TooManyTasks { count: spec.tasks.len(), max: limits.max_tasks });
     }
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(spec.tasks.len());
     for (i, task) in spec.tasks.iter().enumerate() {
         if !is_valid_key(&task.key) {
-            return Err(Error::InvalidKey {
-                key: task.key.clone(),
-            });
+            return Err(Error::InvalidKey { key: task.key.clone() });
         }
         if !is_valid_key(&task.kind) {
-            return Err(Error::InvalidKind {
-                key: task.key.clone(),
-            });
+            return Err(Error::InvalidKind { key: task.key.clone() });
         }
         if let Some(c) = &task.compensation
             && !is_valid_key(&c.kind)
         {
-            return Err(Error::InvalidKind {
-                key: task.key.clone(),
-            });
+            return Err(Error::InvalidKind { key: task.key.clone() });
         }
         if index.insert(task.key.as_str(), i).is_some() {
-            return Err(Error::DuplicateKey {
-                key: task.key.clone(),
-            });
+            return Err(Error::DuplicateKey { key: task.key.clone() });
         }
-        let size = payload_size(&task.payload)
-            + task
-                .compensation
-                .as_ref()
-                .map_or(0, |c| payload_size(&c.payload));
+        let size = payload_size(&task.payload) + task.compensation.as_ref().map_or(0, |c| payload_size(&c.payload));
         if size > limits.max_payload_bytes {
-            return Err(Error::PayloadTooLarge {
-                key: task.key.clone(),
-                size,
-                max: limits.max_payload_bytes,
-            });
+            return Err(Error::PayloadTooLarge { key: task.key.clone(), size, max: limits.max_payload_bytes });
         }
     }
     let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.tasks.len());
@@ -285,9 +240,7 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
         let mut mine = Vec::with_capacity(task.depends_on.len());
         for dep in &task.depends_on {
             if dep == &task.key {
-                return Err(Error::SelfDependency {
-                    key: task.key.clone(),
-                });
+                return Err(Error::SelfDependency { key: task.key.clone() });
             }
             match index.get(dep.as_str()) {
                 Some(&j) => {
@@ -296,33 +249,19 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
                     }
                 }
                 None => {
-                    return Err(Error::UnknownDependency {
-                        key: task.key.clone(),
-                        dependency: dep.clone(),
-                    });
+                    return Err(Error::UnknownDependency { key: task.key.clone(), dependency: dep.clone() });
                 }
             }
         }
         deps.push(mine);
     }
-    let order = topological_order(&deps).map_err(|cycle| Error::Cycle {
-        path: cycle
-            .into_iter()
-            .map(|i| spec.tasks[i].key.clone())
-            .collect(),
-    })?;
-    Ok(ValidatedWorkflow {
-        spec,
-        topological_order: order,
-    })
+    let order = topological_order(&deps)
+        .map_err(|cycle| Error::Cycle { path: cycle.into_iter().map(|i| spec.tasks[i].key.clone()).collect() })?;
+    Ok(ValidatedWorkflow { spec, topological_order: order })
 }
 
 fn payload_size(value: &serde_json::Value) -> usize {
-    if value.is_null() {
-        0
-    } else {
-        serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
-    }
+    if value.is_null() { 0 } else { serde_json::to_vec(value).map_or(usize::MAX, |v| v.len()) }
 }
 
 /// Kahn's algorithm over `deps[i]` = dependencies of node `i`. On a cycle, returns the nodes of one cycle with
@@ -360,11 +299,7 @@ pub fn topological_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> 
     while seen_at[node] == usize::MAX {
         seen_at[node] = path.len();
         path.push(node);
-        node = deps[node]
-            .iter()
-            .copied()
-            .find(|&d| indegree[d] > 0)
-            .unwrap_or(node);
+        node = deps[node].iter().copied().find(|&d| indegree[d] > 0).unwrap_or(node);
     }
     let mut cycle: Vec<usize> = path[seen_at[node]..].to_vec();
     // Present the cycle in the direction of the arrows `a -> b` meaning "a is needed by b".
@@ -379,11 +314,7 @@ mod tests {
     use super::*;
 
     fn wf(tasks: Vec<TaskSpec>) -> WorkflowSpec {
-        WorkflowSpec {
-            name: "wf".into(),
-            idempotency_key: None,
-            tasks,
-        }
+        WorkflowSpec { name: "wf".into(), idempotency_key: None, tasks }
     }
 
     fn check(tasks: Vec<TaskSpec>) -> Result<ValidatedWorkflow, Error> {
@@ -399,18 +330,8 @@ mod tests {
             TaskSpec::new("a", "noop"),
         ])
         .unwrap();
-        let pos = |k: &str| {
-            v.topological_order
-                .iter()
-                .position(|&i| v.spec.tasks[i].key == k)
-                .unwrap()
-        };
-        assert!(
-            pos("a") < pos("b")
-                && pos("a") < pos("c")
-                && pos("b") < pos("d")
-                && pos("c") < pos("d")
-        );
+        let pos = |k: &str| v.topological_order.iter().position(|&i| v.spec.tasks[i].key == k).unwrap();
+        assert!(pos("a") < pos("b") && pos("a") < pos("c") && pos("b") < pos("d") && pos("c") < pos("d"));
         assert_eq!(v.roots().collect::<Vec<_>>(), vec![3]);
     }
 
@@ -423,16 +344,12 @@ mod tests {
             TaskSpec::new("c", "noop").after(&["b"]),
         ])
         .unwrap_err();
-        let Error::Cycle { path } = &err else {
-            panic!("{err:?}")
-        };
+        let Error::Cycle { path } = &err else { panic!("{err:?}") };
         assert_eq!(path.len(), 4);
         assert_eq!(path.first(), path.last());
         let text = err.to_string();
         assert!(
-            ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"]
-                .iter()
-                .any(|c| text.ends_with(c)),
+            ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"].iter().any(|c| text.ends_with(c)),
             "{text}"
         );
     }
@@ -458,49 +375,19 @@ mod tests {
         let big = serde_json::json!({ "blob": "x".repeat(300 * 1024) });
         let cases: Vec<(Vec<TaskSpec>, Error)> = vec![
             (vec![], Error::Empty),
-            (
-                vec![TaskSpec::new("a", "noop").after(&["a"])],
-                Error::SelfDependency { key: "a".into() },
-            ),
+            (vec![TaskSpec::new("a", "noop").after(&["a"])], Error::SelfDependency { key: "a".into() }),
             (
                 vec![TaskSpec::new("a", "noop").after(&["zz"])],
-                Error::UnknownDependency {
-                    key: "a".into(),
-                    dependency: "zz".into(),
-                },
+                Error::UnknownDependency { key: "a".into(), dependency: "zz".into() },
             ),
+            (vec![TaskSpec::new("a", "noop"), TaskSpec::new("a", "echo")], Error::DuplicateKey { key: "a".into() }),
+            (vec![TaskSpec::new("bad key", "noop")], Error::InvalidKey { key: "bad key".into() }),
+            (vec![TaskSpec::new("", "noop")], Error::InvalidKey { key: String::new() }),
+            (vec![TaskSpec::new(long.clone(), "noop")], Error::InvalidKey { key: long }),
+            (vec![TaskSpec::new("a", "no op")], Error::InvalidKind { key: "a".into() }),
             (
-                vec![TaskSpec::new("a", "noop"), TaskSpec::new("a", "echo")],
-                Error::DuplicateKey { key: "a".into() },
-            ),
-            (
-                vec![TaskSpec::new("bad key", "noop")],
-                Error::InvalidKey {
-                    key: "bad key".into(),
-                },
-            ),
-            (
-                vec![TaskSpec::new("", "noop")],
-                Error::InvalidKey { key: String::new() },
-            ),
-            (
-                vec![TaskSpec::new(long.clone(), "noop")],
-                Error::InvalidKey { key: long },
-            ),
-            (
-                vec![TaskSpec::new("a", "no op")],
-                Error::InvalidKind { key: "a".into() },
-            ),
-            (
-                vec![TaskSpec {
-                    payload: big,
-                    ..TaskSpec::new("a", "noop")
-                }],
-                Error::PayloadTooLarge {
-                    key: "a".into(),
-                    size: 307_211,
-                    max: 262_144,
-                },
+                vec![TaskSpec { payload: big, ..TaskSpec::new("a", "noop") }],
+                Error::PayloadTooLarge { key: "a".into(), size: 307_211, max: 262_144 },
             ),
         ];
         for (tasks, expected) in cases {
@@ -517,11 +404,7 @@ mod tests {
         assert_ne!(a.content_hash(), b.content_hash());
         let mut c = a.clone();
         c.idempotency_key = Some("k".into());
-        assert_eq!(
-            a.content_hash(),
-            c.content_hash(),
-            "the key itself is not content"
-        );
+        assert_eq!(a.content_hash(), c.content_hash(), "the key itself is not content");
     }
 
     #[test]
@@ -534,17 +417,9 @@ mod tests {
 
     #[test]
     fn task_count_limit_is_configurable() {
-        let tasks: Vec<_> = (0..11)
-            .map(|i| TaskSpec::new(format!("t{i}"), "noop"))
-            .collect();
-        let limits = Limits {
-            max_tasks: 10,
-            ..Limits::default()
-        };
-        assert_eq!(
-            validate(wf(tasks.clone()), &limits).unwrap_err(),
-            Error::TooManyTasks { count: 11, max: 10 }
-        );
+        let tasks: Vec<_> = (0..11).map(|i| TaskSpec::new(format!("t{i}"), "noop")).collect();
+        let limits = Limits { max_tasks: 10, ..Limits::default() };
+        assert_eq!(validate(wf(tasks.clone()), &limits).unwrap_err(), Error::TooManyTasks { count: 11, max: 10 });
         assert!(validate(wf(tasks), &Limits::default()).is_ok());
     }
 
@@ -553,11 +428,7 @@ mod tests {
         let tasks: Vec<_> = (0..10_000)
             .map(|i| {
                 let t = TaskSpec::new(format!("t{i}"), "noop");
-                if i == 0 {
-                    t
-                } else {
-                    t.after(&[&format!("t{}", i - 1)])
-                }
+                if i == 0 { t } else { t.after(&[&format!("t{}", i - 1)]) }
             })
             .collect();
         let v = check(tasks).unwrap();
@@ -568,27 +439,9 @@ mod tests {
     fn priority_and_timeout_bounds() {
         assert_eq!(priority("a", None).unwrap().get(), 5);
         assert_eq!(priority("a", Some(9)).unwrap().get(), 9);
-        assert_eq!(
-            priority("a", Some(10)),
-            Err(Error::InvalidPriority {
-                key: "a".into(),
-                priority: 10
-            })
-        );
-        assert_eq!(
-            priority("a", Some(-1)),
-            Err(Error::InvalidPriority {
-                key: "a".into(),
-                priority: -1
-            })
-        );
+        assert_eq!(priority("a", Some(10)), Err(Error::InvalidPriority { key: "a".into(), priority: 10 }));
+        assert_eq!(priority("a", Some(-1)), Err(Error::InvalidPriority { key: "a".into(), priority: -1 }));
         assert_eq!(timeout("a", Some(200)), Ok(Some(200)));
-        assert_eq!(
-            timeout("a", Some(0)),
-            Err(Error::InvalidTimeout {
-                key: "a".into(),
-                timeout_ms: 0
-            })
-        );
+        assert_eq!(timeout("a", Some(0)), Err(Error::InvalidTimeout { key: "a".into(), timeout_ms: 0 }));
     }
 }

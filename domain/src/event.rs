@@ -84,20 +84,12 @@ pub struct NewEvent {
 impl NewEvent {
     /// A workflow-level event without data.
     pub fn workflow(event_type: EventType) -> Self {
-        Self {
-            event_type,
-            task_key: None,
-            data: serde_json::Value::Null,
-        }
+        Self { event_type, task_key: None, data: serde_json::Value::Null }
     }
 
     /// A task-level event without data.
     pub fn task(event_type: EventType, key: impl Into<String>) -> Self {
-        Self {
-            event_type,
-            task_key: Some(key.into()),
-            data: serde_json::Value::Null,
-        }
+        Self { event_type, task_key: Some(key.into()), data: serde_json::Value::Null }
     }
 
     /// The same event with data attached.
@@ -121,11 +113,7 @@ mod tests {
 
     #[test]
     fn terminal_events_end_a_run() {
-        let terminal: Vec<_> = EventType::ALL
-            .iter()
-            .copied()
-            .filter(|e| e.is_terminal())
-            .collect();
+        let terminal: Vec<_> = EventType::ALL.iter().copied().filter(|e| e.is_terminal()).collect();
         assert_eq!(
             terminal,
             vec![

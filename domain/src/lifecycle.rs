@@ -55,18 +55,8 @@ pub fn retry_plan(statuses: &[TaskStatus], deps: &[Vec<usize>]) -> Vec<(usize, R
         .enumerate()
         .filter(|(_, s)| matches!(s, TaskStatus::Failed | TaskStatus::Cancelled))
         .map(|(i, _)| {
-            let pending = deps[i]
-                .iter()
-                .filter(|&&d| statuses[d] != TaskStatus::Completed)
-                .count();
-            (
-                i,
-                if pending == 0 {
-                    RetryStep::Queue
-                } else {
-                    RetryStep::Wait { pending }
-                },
-            )
+            let pending = deps[i].iter().filter(|&&d| statuses[d] != TaskStatus::Completed).count();
+            (i, if pending == 0 { RetryStep::Queue } else { RetryStep::Wait { pending } })
         })
         .collect()
 }
@@ -106,11 +96,7 @@ mod tests {
         let deps = vec![vec![], vec![0], vec![1], vec![0]];
         assert_eq!(
             retry_plan(&statuses, &deps),
-            vec![
-                (1, RetryStep::Queue),
-                (2, RetryStep::Wait { pending: 1 }),
-                (3, RetryStep::Queue)
-            ]
+            vec![(1, RetryStep::Queue), (2, RetryStep::Wait { pending: 1 }), (3, RetryStep::Queue)]
         );
     }
 }

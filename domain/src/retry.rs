@@ -24,13 +24,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_delay_ms: 1000,
-            multiplier: 2.0,
-            max_delay_ms: 60_000,
-            jitter: true,
-        }
+        Self { max_attempts: 3, initial_delay_ms: 1000, multiplier: 2.0, max_delay_ms: 60_000, jitter: true }
     }
 }
 
@@ -94,11 +88,7 @@ impl RetryPolicy {
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(1000) as i32;
         let ms = (self.initial_delay_ms as f64) * self.multiplier.powi(exp);
-        let capped = if ms.is_finite() {
-            ms.min(self.max_delay_ms as f64)
-        } else {
-            self.max_delay_ms as f64
-        };
+        let capped = if ms.is_finite() { ms.min(self.max_delay_ms as f64) } else { self.max_delay_ms as f64 };
         Duration::from_millis(capped.round() as u64)
     }
 
@@ -125,30 +115,19 @@ mod tests {
     use super::*;
 
     fn no_jitter() -> RetryPolicy {
-        RetryPolicy {
-            jitter: false,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy { jitter: false, ..RetryPolicy::default() }
     }
 
     #[test]
     fn default_schedule_doubles_from_one_second_and_caps_at_a_minute() {
         let p = no_jitter();
         let ms: Vec<u128> = (1..=9).map(|a| p.delay(a, 0.7).as_millis()).collect();
-        assert_eq!(
-            ms,
-            vec![1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
-        );
+        assert_eq!(ms, vec![1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
     }
 
     #[test]
     fn custom_multiplier_and_cap() {
-        let p = RetryPolicy {
-            initial_delay_ms: 100,
-            multiplier: 3.0,
-            max_delay_ms: 1000,
-            ..no_jitter()
-        };
+        let p = RetryPolicy { initial_delay_ms: 100, multiplier: 3.0, max_delay_ms: 1000, ..no_jitter() };
         let ms: Vec<u128> = (1..=4).map(|a| p.base_delay(a).as_millis()).collect();
         assert_eq!(ms, vec![100, 300, 900, 1000]);
     }
@@ -164,13 +143,7 @@ mod tests {
             assert!((3200..=4800).contains(&d), "{d}");
             assert!(p.delay(20, i as f64 / 100.0).as_millis() <= 60_000);
         }
-        assert_eq!(
-            p.delay_bounds(2),
-            (
-                std::time::Duration::from_millis(1600),
-                std::time::Duration::from_millis(2400)
-            )
-        );
+        assert_eq!(p.delay_bounds(2), (std::time::Duration::from_millis(1600), std::time::Duration::from_millis(2400)));
     }
 
     #[test]
@@ -183,39 +156,15 @@ mod tests {
 
     #[test]
     fn from_parts_defaults_and_bounds() {
-        assert_eq!(
-            RetryPolicy::from_parts(None, None, None, None, None).unwrap(),
-            RetryPolicy::default()
-        );
-        let p =
-            RetryPolicy::from_parts(Some(5), Some(10), Some(1.5), Some(100), Some(false)).unwrap();
-        assert_eq!(
-            (p.max_attempts, p.initial_delay_ms, p.max_delay_ms, p.jitter),
-            (5, 10, 100, false)
-        );
-        assert_eq!(
-            RetryPolicy::from_parts(Some(0), None, None, None, None),
-            Err(Error::MaxAttempts(0))
-        );
-        assert_eq!(
-            RetryPolicy::from_parts(None, Some(-1), None, None, None),
-            Err(Error::InitialDelay(-1))
-        );
-        assert_eq!(
-            RetryPolicy::from_parts(None, Some(500), None, Some(100), None),
-            Err(Error::MaxDelay(100))
-        );
-        assert_eq!(
-            RetryPolicy::from_parts(None, None, Some(0.5), None, None),
-            Err(Error::Multiplier(0.5))
-        );
+        assert_eq!(RetryPolicy::from_parts(None, None, None, None, None).unwrap(), RetryPolicy::default());
+        let p = RetryPolicy::from_parts(Some(5), Some(10), Some(1.5), Some(100), Some(false)).unwrap();
+        assert_eq!((p.max_attempts, p.initial_delay_ms, p.max_delay_ms, p.jitter), (5, 10, 100, false));
+        assert_eq!(RetryPolicy::from_parts(Some(0), None, None, None, None), Err(Error::MaxAttempts(0)));
+        assert_eq!(RetryPolicy::from_parts(None, Some(-1), None, None, None), Err(Error::InitialDelay(-1)));
+        assert_eq!(RetryPolicy::from_parts(None, Some(500), None, Some(100), None), Err(Error::MaxDelay(100)));
+        assert_eq!(RetryPolicy::from_parts(None, None, Some(0.5), None, None), Err(Error::Multiplier(0.5)));
         assert!(RetryPolicy::from_parts(None, None, Some(f64::NAN), None, None).is_err());
         // a large initial delay raises the default cap instead of failing
-        assert_eq!(
-            RetryPolicy::from_parts(None, Some(120_000), None, None, None)
-                .unwrap()
-                .max_delay_ms,
-            120_000
-        );
+        assert_eq!(RetryPolicy::from_parts(None, Some(120_000), None, None, None).unwrap().max_delay_ms, 120_000);
     }
 }

@@ -47,9 +47,7 @@ pub fn progress(nodes: &[SagaNode]) -> SagaProgress {
         return SagaProgress::Continue(ready);
     }
     let running = nodes.iter().any(|n| n.status == TaskStatus::Compensating);
-    let failed = nodes
-        .iter()
-        .any(|n| n.status == TaskStatus::CompensationFailed);
+    let failed = nodes.iter().any(|n| n.status == TaskStatus::CompensationFailed);
     match (running, failed) {
         (true, _) => SagaProgress::Continue(Vec::new()),
         (false, true) => SagaProgress::Failed,
@@ -63,21 +61,13 @@ mod tests {
     use TaskStatus::*;
 
     fn node(status: TaskStatus, dependents: &[usize]) -> SagaNode {
-        SagaNode {
-            status,
-            has_compensation: true,
-            dependents: dependents.to_vec(),
-        }
+        SagaNode { status, has_compensation: true, dependents: dependents.to_vec() }
     }
 
     #[test]
     fn chain_compensates_from_the_end() {
         // a -> b -> c, c failed
-        let mut nodes = vec![
-            node(Completed, &[1]),
-            node(Completed, &[2]),
-            node(Failed, &[]),
-        ];
+        let mut nodes = vec![node(Completed, &[1]), node(Completed, &[2]), node(Failed, &[])];
         assert_eq!(progress(&nodes), SagaProgress::Continue(vec![1]));
         nodes[1].status = Compensating;
         assert_eq!(progress(&nodes), SagaProgress::Continue(vec![]));
@@ -90,12 +80,7 @@ mod tests {
     #[test]
     fn diamond_branches_compensate_together_then_the_root() {
         // a -> (b, c) -> d, d failed
-        let mut nodes = vec![
-            node(Completed, &[1, 2]),
-            node(Completed, &[3]),
-            node(Completed, &[3]),
-            node(Failed, &[]),
-        ];
+        let mut nodes = vec![node(Completed, &[1, 2]), node(Completed, &[3]), node(Completed, &[3]), node(Failed, &[])];
         assert_eq!(progress(&nodes), SagaProgress::Continue(vec![1, 2]));
         nodes[1].status = Compensated;
         nodes[2].status = Compensating;
@@ -106,22 +91,14 @@ mod tests {
 
     #[test]
     fn tasks_without_compensation_are_skipped() {
-        let mut nodes = vec![
-            node(Completed, &[1]),
-            node(Completed, &[2]),
-            node(Failed, &[]),
-        ];
+        let mut nodes = vec![node(Completed, &[1]), node(Completed, &[2]), node(Failed, &[])];
         nodes[1].has_compensation = false;
         assert_eq!(progress(&nodes), SagaProgress::Continue(vec![0]));
     }
 
     #[test]
     fn a_failed_compensation_blocks_its_dependencies_and_fails_the_saga() {
-        let mut nodes = vec![
-            node(Completed, &[1]),
-            node(CompensationFailed, &[2]),
-            node(Failed, &[]),
-        ];
+        let mut nodes = vec![node(Completed, &[1]), node(CompensationFailed, &[2]), node(Failed, &[])];
         assert_eq!(progress(&nodes), SagaProgress::Failed);
         nodes[1].status = Compensated;
         assert_eq!(progress(&nodes), SagaProgress::Continue(vec![0]));

@@ -113,10 +113,7 @@ impl TaskStatus {
     /// No further change happens without an operator.
     pub fn is_final(self) -> bool {
         use TaskStatus::*;
-        matches!(
-            self,
-            Completed | Failed | Cancelled | Compensated | CompensationFailed
-        )
+        matches!(self, Completed | Failed | Cancelled | Compensated | CompensationFailed)
     }
 }
 
@@ -149,10 +146,7 @@ impl WorkflowStatus {
     /// The workflow has stopped: its last event has been written (an operator retry may reopen it).
     pub fn is_terminal(self) -> bool {
         use WorkflowStatus::*;
-        matches!(
-            self,
-            Completed | Failed | Compensated | CompensationFailed | Cancelled
-        )
+        matches!(self, Completed | Failed | Compensated | CompensationFailed | Cancelled)
     }
 }
 
@@ -190,10 +184,7 @@ mod tests {
                 let got = from.transition(to);
                 assert_eq!(got.is_ok(), expected, "{from} -> {to}");
                 if let Err(e) = got {
-                    assert_eq!(
-                        e.to_string(),
-                        format!("illegal task transition from {from} to {to}")
-                    );
+                    assert_eq!(e.to_string(), format!("illegal task transition from {from} to {to}"));
                 }
             }
         }
@@ -223,11 +214,7 @@ mod tests {
         ];
         for &from in WorkflowStatus::ALL {
             for &to in WorkflowStatus::ALL {
-                assert_eq!(
-                    from.transition(to).is_ok(),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.transition(to).is_ok(), legal.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }
@@ -240,29 +227,13 @@ mod tests {
         for &s in WorkflowStatus::ALL {
             assert_eq!(s.as_str().parse::<WorkflowStatus>().unwrap(), s);
         }
-        assert_eq!(
-            "running".parse::<TaskStatus>(),
-            Err(UnknownStatus("running".into()))
-        );
+        assert_eq!("running".parse::<TaskStatus>(), Err(UnknownStatus("running".into())));
     }
 
     #[test]
     fn terminal_workflow_statuses() {
         use WorkflowStatus::*;
-        let terminal: Vec<_> = WorkflowStatus::ALL
-            .iter()
-            .copied()
-            .filter(|s| s.is_terminal())
-            .collect();
-        assert_eq!(
-            terminal,
-            vec![
-                Completed,
-                Failed,
-                Compensated,
-                CompensationFailed,
-                Cancelled
-            ]
-        );
+        let terminal: Vec<_> = WorkflowStatus::ALL.iter().copied().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal, vec![Completed, Failed, Compensated, CompensationFailed, Cancelled]);
     }
 }

@@ -7,24 +7,22 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DbBackend, DbErr,
-    Statement, Value,
+    ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DbBackend, DbErr, Statement, Value,
 };
 use taskorch_migration::{Migrator, MigratorTrait};
 
 /// Pool sizes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolOptions {
     pub max_connections: u32,
     pub read_connections: u32,
+    /// A read replica for reads that tolerate staleness (PostgreSQL).
+    pub read_url: Option<String>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self {
-            max_connections: 20,
-            read_connections: 4,
-        }
+        Self { max_connections: 20, read_connections: 4, read_url: None }
     }
 }
 
@@ -47,8 +45,7 @@ impl Database {
             let write = SeaDatabase::connect(sqlite_options(url, 1)).await?;
             // WAL is a property of the file: set once, before readers open it.
             write.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-            let read =
-                SeaDatabase::connect(sqlite_options(url, pools.read_connections.max(1))).await?;
+            let read = SeaDatabase::connect(sqlite_options(url, pools.read_connections.max(1))).await?;
             Ok(Self::counted(write, read, DbBackend::Sqlite))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut opts = ConnectOptions::new(url.to_owned());
@@ -58,7 +55,16 @@ impl Database {
                 .connect_timeout(Duration::from_secs(5))
                 .sqlx_logging(false);
             let pool = SeaDatabase::connect(opts).await?;
-            Ok(Self::counted(pool.clone(), pool, DbBackend::Postgres))
+            // A separate, smaller read pool (bulkhead), on the replica when one is configured.
+            let mut read_opts = ConnectOptions::new(pools.read_url.clone().unwrap_or_else(|| url.to_owned()));
+            read_opts
+                .max_connections(pools.read_connections.max(1))
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(5))
+                .sqlx_logging(false);
+            let read = SeaDatabase::connect(read_opts).await?;
+            Ok(Self::counted(pool, read, DbBackend::Postgres))
         } else {
             Err(DbErr::Custom(format!(
                 "unsupported database URL scheme in `{}`: use sqlite:// or postgres://",
@@ -67,11 +73,7 @@ impl Database {
         }
     }
 
-    fn counted(
-        mut write: DatabaseConnection,
-        mut read: DatabaseConnection,
-        backend: DbBackend,
-    ) -> Self {
+    fn counted(mut write: DatabaseConnection, mut read: DatabaseConnection, backend: DbBackend) -> Self {
         let statements = Arc::new(AtomicU64::new(0));
         let counter = statements.clone();
         write.set_metric_callback(move |i| {
@@ -83,12 +85,7 @@ impl Database {
             tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
             counter.fetch_add(1, Ordering::Relaxed);
         });
-        Self {
-            write,
-            read,
-            backend,
-            statements,
-        }
+        Self { write, read, backend, statements }
     }
 
     /// SQL statements executed by this process so far.
@@ -181,11 +178,7 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
-        let s = stmt(
-            DbBackend::Postgres,
-            "SELECT ? WHERE a IN (?, ?)",
-            vec![1.into(), 2.into(), 3.into()],
-        );
+        let s = stmt(DbBackend::Postgres, "SELECT ? WHERE a IN (?, ?)", vec![1.into(), 2.into(), 3.into()]);
         assert_eq!(s.sql, "SELECT $1 WHERE a IN ($2, $3)");
         let s = stmt(DbBackend::Sqlite, "SELECT ?", vec![1.into()]);
         assert_eq!(s.sql, "SELECT ?");
@@ -193,10 +186,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -27,11 +27,7 @@ pub async fn run_dispatcher(
     shutdown: CancellationToken,
 ) {
     let batch = engine.options().dispatch_batch;
-    let max_backlog = if opts.max_backlog == 0 {
-        batch * 2
-    } else {
-        opts.max_backlog
-    };
+    let max_backlog = if opts.max_backlog == 0 { batch * 2 } else { opts.max_backlog };
     while !shutdown.is_cancelled() {
         if queue.backlog() >= max_backlog {
             tokio::select! {
@@ -42,8 +38,17 @@ pub async fn run_dispatcher(
         match engine.fetch_due(batch, opts.kinds.as_deref()).await {
             Ok(due) => {
                 let full = due.len() == batch;
+                let ids: Vec<_> = due.iter().map(|d| d.task_id).collect();
                 if let Err(err) = queue.publish(due).await {
-                    tracing::warn!(error = %err, "queue publish failed; the tasks will be dispatched again");
+                    tracing::warn!(error = %err, "queue publish failed; the tasks wait in the database");
+                    if let Err(err) = engine.undispatch(&ids).await {
+                        tracing::warn!(error = %err, "could not release the dispatches; they go out after the redelivery delay");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
                 }
                 if full {
                     continue;

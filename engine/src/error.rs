@@ -12,10 +12,7 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     #[error("the workflow is {current}, so it cannot be {action}")]
-    InvalidState {
-        current: WorkflowStatus,
-        action: &'static str,
-    },
+    InvalidState { current: WorkflowStatus, action: &'static str },
     /// A database failure; its cause is logged, never shown to clients.
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),

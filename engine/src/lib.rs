@@ -12,7 +12,7 @@ pub mod service;
 pub mod store;
 pub mod time;
 
-pub use bus::{EventBus, InProcessEventBus};
+pub use bus::{EventBus, InProcessEventBus, RedisEventBus};
 pub use error::Error;
 pub use queue::{Dispatch, InProcessQueue, Phase, TaskQueue};
 pub use service::{Engine, EngineOptions};

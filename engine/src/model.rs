@@ -92,7 +92,7 @@ impl TryFrom<task::Model> for TaskRecord {
 }
 
 /// A stored domain event.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventRecord {
     pub workflow_id: WorkflowId,
     pub sequence: i64,

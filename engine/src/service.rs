@@ -54,14 +54,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, bus: Arc<dyn EventBus>, opts: EngineOptions) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                bus,
-                opts,
-                wake: Notify::new(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { store, bus, opts, wake: Notify::new() }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -81,15 +74,7 @@ impl Engine {
     pub async fn submit(&self, spec: WorkflowSpec) -> Result<WorkflowRecord, Error> {
         let content_hash = spec.content_hash();
         let validated = dag::validate(spec, &self.inner.opts.limits)?;
-        match self
-            .inner
-            .store
-            .insert_workflow(NewWorkflow {
-                validated,
-                content_hash,
-            })
-            .await?
-        {
+        match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash }).await? {
             SubmitOutcome::Existing(record) => Ok(record),
             SubmitOutcome::Created(record, events) => {
                 self.inner.bus.publish(events);
@@ -123,12 +108,7 @@ impl Engine {
         self.inner.store.task_by_key(id, key).await
     }
 
-    pub async fn events(
-        &self,
-        id: WorkflowId,
-        after_sequence: i64,
-        limit: u64,
-    ) -> Result<Vec<EventRecord>, Error> {
+    pub async fn events(&self, id: WorkflowId, after_sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
         self.inner.store.events(id, after_sequence, limit).await
     }
 
@@ -139,14 +119,7 @@ impl Engine {
         if matches!(action, Action::Resume | Action::Retry) {
             self.wake_dispatcher();
         }
-        self.inner
-            .store
-            .workflow(id)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "workflow",
-                id: id.to_string(),
-            })
+        self.inner.store.workflow(id).await?.ok_or_else(|| Error::NotFound { what: "workflow", id: id.to_string() })
     }
 
     /// Applies an action to every workflow matching `filter` for which it is allowed; returns how many changed.
@@ -163,22 +136,19 @@ impl Engine {
     }
 
     /// Due tasks for the queue.
-    pub async fn fetch_due(
-        &self,
-        limit: usize,
-        kinds: Option<&[String]>,
-    ) -> Result<Vec<Dispatch>, Error> {
+    pub async fn fetch_due(&self, limit: usize, kinds: Option<&[String]>) -> Result<Vec<Dispatch>, Error> {
         let visibility = self.inner.opts.redeliver_after.as_micros() as i64;
         self.inner.store.fetch_due(limit, kinds, visibility).await
     }
 
+    /// Makes dispatched tasks due again at once (their publish failed).
+    pub async fn undispatch(&self, ids: &[taskorch_domain::TaskId]) -> Result<(), Error> {
+        self.inner.store.undispatch(ids).await
+    }
+
     /// Claims delivered tasks (fenced); publishes TASK_STARTED.
     pub async fn claim(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
-        let (claimed, events) = self
-            .inner
-            .store
-            .claim(batch, self.inner.opts.lease.as_micros() as i64)
-            .await?;
+        let (claimed, events) = self.inner.store.claim(batch, self.inner.opts.lease.as_micros() as i64).await?;
         self.inner.bus.publish(events);
         Ok(claimed)
     }
@@ -199,10 +169,7 @@ impl Engine {
         &self,
         held: &[(taskorch_domain::TaskId, Phase, i32)],
     ) -> Result<Vec<taskorch_domain::TaskId>, Error> {
-        self.inner
-            .store
-            .heartbeat(held, self.inner.opts.lease.as_micros() as i64)
-            .await
+        self.inner.store.heartbeat(held, self.inner.opts.lease.as_micros() as i64).await
     }
 
     /// Turns expired leases into failed attempts ("worker lost"); returns how many.

@@ -38,29 +38,15 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .name("workflow_status_id")
-                    .table("workflow")
-                    .col("status")
-                    .col("id")
-                    .to_owned(),
+                Index::create().name("workflow_status_id").table("workflow").col("status").col("id").to_owned(),
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name("workflow_name_id")
-                    .table("workflow")
-                    .col("name")
-                    .col("id")
-                    .to_owned(),
-            )
+            .create_index(Index::create().name("workflow_name_id").table("workflow").col("name").col("id").to_owned())
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table("workflow").to_owned())
-            .await
+        manager.drop_table(Table::drop().table("workflow").to_owned()).await
     }
 }

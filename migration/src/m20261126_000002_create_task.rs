@@ -76,16 +76,11 @@ impl MigrationTrait for Migration {
              WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING')",
         )
         .await?;
-        db.execute_unprepared(
-            "CREATE INDEX task_leased ON task (lease_until) WHERE lease_until IS NOT NULL",
-        )
-        .await?;
+        db.execute_unprepared("CREATE INDEX task_leased ON task (lease_until) WHERE lease_until IS NOT NULL").await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table("task").to_owned())
-            .await
+        manager.drop_table(Table::drop().table("task").to_owned()).await
     }
 }

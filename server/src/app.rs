@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use taskorch_engine::Engine;
+use std::sync::Arc;
+
+use taskorch_engine::{Engine, TaskQueue};
+use taskorch_worker::setup::Backends;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::graphql::loaders::TaskLoader;
@@ -22,6 +25,8 @@ pub struct AppState {
     pub schema: AppSchema,
     pub engine: Engine,
     pub subscriptions: ActiveSubscriptions,
+    /// The broker queue, when configured (for readiness).
+    pub broker: Option<Arc<dyn TaskQueue>>,
 }
 
 /// Options of the HTTP layer.
@@ -30,13 +35,10 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
 }
 
-pub fn router(engine: Engine, opts: AppOptions) -> Router {
+pub fn router(backends: Backends, opts: AppOptions) -> Router {
+    let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
-    let state = AppState {
-        schema: build_schema(engine.clone(), subscriptions.clone()),
-        engine,
-        subscriptions,
-    };
+    let state = AppState { schema: build_schema(engine.clone(), subscriptions.clone()), engine, subscriptions, broker };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
@@ -53,20 +55,12 @@ pub fn router(engine: Engine, opts: AppOptions) -> Router {
 }
 
 async fn graphql_post(State(state): State<AppState>, req: GraphQLRequest) -> GraphQLResponse {
-    state
-        .schema
-        .execute(with_loaders(&state, req.into_inner()))
-        .await
-        .into()
+    state.schema.execute(with_loaders(&state, req.into_inner())).await.into()
 }
 
 /// Per-request dataloaders with a cache, so a resolver can prefetch a whole page's tasks in one statement.
 fn with_loaders(state: &AppState, req: async_graphql::Request) -> async_graphql::Request {
-    req.data(DataLoader::with_cache(
-        TaskLoader::new(state.engine.clone()),
-        tokio::spawn,
-        HashMapCache::default(),
-    ))
+    req.data(DataLoader::with_cache(TaskLoader::new(state.engine.clone()), tokio::spawn, HashMapCache::default()))
 }
 
 async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Response {
@@ -82,45 +76,26 @@ async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Resp
     GraphQLResponse::from(state.schema.execute(with_loaders(&state, req)).await).into_response()
 }
 
-async fn graphql_ws(
-    State(state): State<AppState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve()
-        })
+        .on_upgrade(move |socket| GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let db = state.engine.store().ping().await.is_ok();
-    let pending = state
-        .engine
-        .store()
-        .database()
-        .pending_migrations()
-        .await
-        .map(|n| n == 0)
-        .unwrap_or(false);
-    let body = serde_json::json!({ "database": db, "migrations": pending });
-    let code = if db && pending {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let migrated = state.engine.store().database().pending_migrations().await.map(|n| n == 0).unwrap_or(false);
+    let bus = state.engine.bus().healthy();
+    let broker = match &state.broker {
+        Some(q) => tokio::time::timeout(std::time::Duration::from_secs(3), q.healthy()).await.unwrap_or(false),
+        None => true,
     };
+    let body = serde_json::json!({ "database": db, "migrations": migrated, "broker": broker, "eventBus": bus });
+    let code = if db && migrated && bus && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let text = crate::metrics::render(&state.engine, &state.subscriptions);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -12,23 +12,13 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Address to listen on; port 0 picks a free port. The bound URL is printed on stdout.
-    #[arg(
-        long,
-        env = "TASKORCH_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "TASKORCH_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     pub listen: String,
     /// Do not run worker loops in this process (run `taskorch-worker` instead).
     #[arg(long, env = "TASKORCH_NO_WORKER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_worker: bool,
     /// Most tasks in one workflow.
-    #[arg(
-        long,
-        env = "TASKORCH_MAX_TASKS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "TASKORCH_MAX_TASKS", default_value_t = 10_000, global = true)]
     pub max_tasks: usize,
     /// Largest task payload, in bytes of JSON.
     #[arg(long, env = "TASKORCH_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024, global = true)]
@@ -56,10 +46,7 @@ pub enum Command {
 impl Config {
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions {
-            limits: Limits {
-                max_tasks: self.max_tasks,
-                max_payload_bytes: self.max_payload_bytes,
-            },
+            limits: Limits { max_tasks: self.max_tasks, max_payload_bytes: self.max_payload_bytes },
             ..self.worker.engine_options()
         }
     }

@@ -32,8 +32,7 @@ pub fn from_engine(err: Error) -> async_graphql::Error {
     match err {
         Error::Invalid(dag::Error::Cycle { path }) => {
             let e = dag::Error::Cycle { path: path.clone() };
-            api_error(code::CYCLE_DETECTED, e.to_string())
-                .extend_with(|_, ext| ext.set("cycle", path.clone()))
+            api_error(code::CYCLE_DETECTED, e.to_string()).extend_with(|_, ext| ext.set("cycle", path.clone()))
         }
         Error::Invalid(e) => invalid(e.to_string()),
         e @ Error::NotFound { .. } => api_error(code::NOT_FOUND, e.to_string()),
@@ -43,8 +42,7 @@ pub fn from_engine(err: Error) -> async_graphql::Error {
                 Error::InvalidState { current, .. } => current.as_str(),
                 _ => "",
             };
-            api_error(code::INVALID_STATE, e.to_string())
-                .extend_with(|_, ext| ext.set("currentStatus", current))
+            api_error(code::INVALID_STATE, e.to_string()).extend_with(|_, ext| ext.set("currentStatus", current))
         }
         Error::Database(e) => internal(&e),
         Error::Corrupt(e) => internal(&e),

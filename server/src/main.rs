@@ -4,13 +4,10 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use taskorch_engine::db::{Database, redact};
-use taskorch_engine::store::Store;
-use taskorch_engine::{Engine, InProcessEventBus};
 use taskorch_server::app::{AppOptions, router};
 use taskorch_server::config::{Command, Config};
 use taskorch_server::{graphql, telemetry};
-use taskorch_worker::{Registry, run_embedded};
+use taskorch_worker::{Registry, setup};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -28,22 +25,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         print!("{}", graphql::sdl());
         return Ok(());
     }
-    let url = &config.worker.database_url;
-    let db = Database::connect(url, config.worker.pools())
-        .await
-        .map_err(|e| anyhow::anyhow!("TASKORCH_DATABASE_URL ({}) is unusable: {e}", redact(url)))?;
-    db.migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    let registry = Arc::new(Registry::with_builtins(config.worker.registry_options()));
+    let backends = setup::connect(&config.worker, config.engine_options(), registry.kinds()).await?;
     if let Some(Command::Migrate) = config.command {
         println!("migrations applied");
         return Ok(());
     }
-    let engine = Engine::new(
-        Store::new(db),
-        Arc::new(InProcessEventBus::default()),
-        config.engine_options(),
-    );
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_LISTEN ({}) cannot be bound: {e}", config.listen))?;
@@ -52,43 +39,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let worker = if config.no_worker {
-        None
-    } else {
-        let registry = Arc::new(Registry::with_builtins(config.worker.registry_options()));
-        Some(tokio::spawn(run_embedded(
-            engine.clone(),
-            registry,
-            config.worker.worker_options(),
-            shutdown.clone(),
-        )))
-    };
-    let app = router(
-        engine,
-        AppOptions {
-            max_body_bytes: config.max_body_bytes,
-        },
-    );
-    let stop = shutdown.clone();
+    let work = tokio::spawn(setup::run(
+        backends.clone(),
+        registry,
+        config.worker.worker_options(),
+        !config.no_worker,
+        shutdown.clone(),
+    ));
+    let app = router(backends, AppOptions { max_body_bytes: config.max_body_bytes });
     // Without TCP_NODELAY small responses wait for delayed ACKs (tens of milliseconds per request).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-    if let Some(worker) = worker {
-        let _ = worker.await;
-    }
+    let stop = shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    let _ = work.await;
     Ok(())
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! {

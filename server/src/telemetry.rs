@@ -11,9 +11,7 @@ pub fn init(json: Option<bool>) {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sea_orm=warn,sqlx=warn"));
     let json = json.unwrap_or_else(|| !std::io::stderr().is_terminal());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {

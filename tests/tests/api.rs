@@ -8,18 +8,12 @@ use serde_json::{Value, json};
 const LIST: &str = "query($first: Int, $after: String, $filter: WorkflowFilter) { workflows(first: $first, after: $after, filter: $filter) { edges { cursor node { id name status } } pageInfo { hasNextPage endCursor } } }";
 
 fn no_worker() -> ServerOptions {
-    ServerOptions {
-        worker: false,
-        ..ServerOptions::default()
-    }
+    ServerOptions { worker: false, ..ServerOptions::default() }
 }
 
 async fn count_workflows(server: &Server) -> usize {
     let data = server.data(LIST, json!({ "first": 1000 })).await;
-    data["workflows"]["edges"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0)
+    data["workflows"]["edges"].as_array().map(Vec::len).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -37,9 +31,7 @@ async fn submitted_workflow_reads_back_with_its_tasks() {
     let wf = server.workflow(&id).await;
     assert_eq!(wf["name"], "orders");
     assert_eq!(wf["status"], "RUNNING");
-    assert!(
-        wf["createdAt"].is_string() && wf["startedAt"].is_string() && wf["finishedAt"].is_null()
-    );
+    assert!(wf["createdAt"].is_string() && wf["startedAt"].is_string() && wf["finishedAt"].is_null());
     let tasks = wf["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[0]["key"], "charge");
@@ -52,30 +44,19 @@ async fn submitted_workflow_reads_back_with_its_tasks() {
     assert_eq!(tasks[1]["priority"], 5, "default priority");
 
     let one = server
-        .data(
-            "query($id: ID!) { workflow(id: $id) { task(key: \"ship\") { kind } } }",
-            json!({ "id": id }),
-        )
+        .data("query($id: ID!) { workflow(id: $id) { task(key: \"ship\") { kind } } }", json!({ "id": id }))
         .await;
     assert_eq!(one["workflow"]["task"]["kind"], "noop");
     let events = server.events(&id).await;
-    assert_eq!(
-        common::types(&events),
-        vec!["WORKFLOW_STARTED", "TASK_QUEUED"]
-    );
+    assert_eq!(common::types(&events), vec!["WORKFLOW_STARTED", "TASK_QUEUED"]);
     assert_eq!(events[1]["taskKey"], "charge");
     common::assert_gapless(&events, 1);
 
     let missing = server
-        .data(
-            "query($id: ID!) { workflow(id: $id) { id } }",
-            json!({ "id": uuid::Uuid::new_v4().to_string() }),
-        )
+        .data("query($id: ID!) { workflow(id: $id) { id } }", json!({ "id": uuid::Uuid::new_v4().to_string() }))
         .await;
     assert!(missing["workflow"].is_null());
-    let (code, message) = server
-        .error("{ workflow(id: \"nope\") { id } }", json!({}))
-        .await;
+    let (code, message) = server.error("{ workflow(id: \"nope\") { id } }", json!({})).await;
     assert_eq!(code, "VALIDATION_FAILED");
     assert!(message.contains("nope"), "{message}");
 }
@@ -86,26 +67,16 @@ async fn a_thousand_workflows_paginate_with_cursors_and_filters() {
     let mut submitted = Vec::new();
     for i in 0..1000 {
         let name = if i % 4 == 0 { "even-quarter" } else { "rest" };
-        submitted.push(
-            server
-                .submit(json!({ "name": name, "tasks": [{ "key": "a", "kind": "noop" }] }))
-                .await,
-        );
+        submitted.push(server.submit(json!({ "name": name, "tasks": [{ "key": "a", "kind": "noop" }] })).await);
     }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     let mut pages = 0;
     loop {
-        let data = server
-            .data(LIST, json!({ "first": 100, "after": after }))
-            .await;
+        let data = server.data(LIST, json!({ "first": 100, "after": after })).await;
         let conn = &data["workflows"];
         let edges = conn["edges"].as_array().unwrap();
-        seen.extend(
-            edges
-                .iter()
-                .map(|e| e["node"]["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(edges.iter().map(|e| e["node"]["id"].as_str().unwrap().to_owned()));
         pages += 1;
         if !conn["pageInfo"]["hasNextPage"].as_bool().unwrap() {
             break;
@@ -117,33 +88,16 @@ async fn a_thousand_workflows_paginate_with_cursors_and_filters() {
     submitted.reverse();
     assert_eq!(seen, submitted, "every workflow once, newest first");
 
-    let data = server
-        .data(
-            LIST,
-            json!({ "first": 1000, "filter": { "name": "even-quarter" } }),
-        )
-        .await;
+    let data = server.data(LIST, json!({ "first": 1000, "filter": { "name": "even-quarter" } })).await;
     assert_eq!(data["workflows"]["edges"].as_array().unwrap().len(), 250);
-    let data = server
-        .data(
-            LIST,
-            json!({ "first": 1000, "filter": { "status": "COMPLETED" } }),
-        )
-        .await;
+    let data = server.data(LIST, json!({ "first": 1000, "filter": { "status": "COMPLETED" } })).await;
     assert_eq!(data["workflows"]["edges"].as_array().unwrap().len(), 0);
-    let data = server
-        .data(
-            LIST,
-            json!({ "first": 1000, "filter": { "status": "RUNNING", "name": "rest" } }),
-        )
-        .await;
+    let data = server.data(LIST, json!({ "first": 1000, "filter": { "status": "RUNNING", "name": "rest" } })).await;
     assert_eq!(data["workflows"]["edges"].as_array().unwrap().len(), 750);
 
     let (code, _) = server.error(LIST, json!({ "first": 5000 })).await;
     assert_eq!(code, "VALIDATION_FAILED");
-    let (code, _) = server
-        .error(LIST, json!({ "first": 10, "after": "garbage" }))
-        .await;
+    let (code, _) = server.error(LIST, json!({ "first": 10, "after": "garbage" })).await;
     assert_eq!(code, "VALIDATION_FAILED");
 }
 
@@ -159,10 +113,7 @@ async fn resubmitting_with_the_same_idempotency_key_returns_the_original() {
     let mut other = input.clone();
     other["tasks"][0]["payload"] = json!({ "x": 2 });
     let (code, message) = server
-        .error(
-            "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }",
-            json!({ "i": other }),
-        )
+        .error("mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }", json!({ "i": other }))
         .await;
     assert_eq!(code, "CONFLICT");
     assert!(message.contains("order-17"), "{message}");
@@ -173,62 +124,27 @@ async fn resubmitting_with_the_same_idempotency_key_returns_the_original() {
 async fn every_bad_input_has_its_code_and_writes_nothing() {
     let server = Server::start_with(ServerOptions {
         worker: false,
-        env: vec![
-            ("TASKORCH_MAX_TASKS".into(), "5".into()),
-            ("TASKORCH_MAX_PAYLOAD_BYTES".into(), "100".into()),
-        ],
+        env: vec![("TASKORCH_MAX_TASKS".into(), "5".into()), ("TASKORCH_MAX_PAYLOAD_BYTES".into(), "100".into())],
     })
     .await;
     let t = |key: &str, deps: &[&str]| json!({ "key": key, "kind": "noop", "dependsOn": deps });
     let cases: Vec<(Value, &str, &str)> = vec![
-        (
-            json!([t("a", &["c"]), t("b", &["a"]), t("c", &["b"])]),
-            "CYCLE_DETECTED",
-            "->",
-        ),
-        (
-            json!([t("a", &["a"])]),
-            "VALIDATION_FAILED",
-            "depends on itself",
-        ),
+        (json!([t("a", &["c"]), t("b", &["a"]), t("c", &["b"])]), "CYCLE_DETECTED", "->"),
+        (json!([t("a", &["a"])]), "VALIDATION_FAILED", "depends on itself"),
         (json!([t("a", &["ghost"])]), "VALIDATION_FAILED", "ghost"),
-        (
-            json!([t("a", &[]), t("a", &[])]),
-            "VALIDATION_FAILED",
-            "more than once",
-        ),
+        (json!([t("a", &[]), t("a", &[])]), "VALIDATION_FAILED", "more than once"),
         (json!([]), "VALIDATION_FAILED", "at least one task"),
-        (
-            json!((0..6).map(|i| t(&format!("t{i}"), &[])).collect::<Vec<_>>()),
-            "VALIDATION_FAILED",
-            "at most 5",
-        ),
+        (json!((0..6).map(|i| t(&format!("t{i}"), &[])).collect::<Vec<_>>()), "VALIDATION_FAILED", "at most 5"),
         (
             json!([{ "key": "a", "kind": "noop", "payload": { "blob": "x".repeat(200) } }]),
             "VALIDATION_FAILED",
             "limit of 100",
         ),
         (json!([t("bad key!", &[])]), "VALIDATION_FAILED", "bad key!"),
-        (
-            json!([{ "key": "a", "kind": "noop", "priority": 10 }]),
-            "VALIDATION_FAILED",
-            "priorit",
-        ),
-        (
-            json!([{ "key": "a", "kind": "noop", "timeoutMs": 0 }]),
-            "VALIDATION_FAILED",
-            "timeoutMs",
-        ),
-        (
-            json!([{ "key": "a", "kind": "noop", "retry": { "maxAttempts": 0 } }]),
-            "VALIDATION_FAILED",
-            "maxAttempts",
-        ),
-        (
-            json!([{ "key": "a", "kind": "noop", "retry": { "multiplier": 0.5 } }]),
-            "VALIDATION_FAILED",
-            "multiplier",
-        ),
+        (json!([{ "key": "a", "kind": "noop", "priority": 10 }]), "VALIDATION_FAILED", "priorit"),
+        (json!([{ "key": "a", "kind": "noop", "timeoutMs": 0 }]), "VALIDATION_FAILED", "timeoutMs"),
+        (json!([{ "key": "a", "kind": "noop", "retry": { "maxAttempts": 0 } }]), "VALIDATION_FAILED", "maxAttempts"),
+        (json!([{ "key": "a", "kind": "noop", "retry": { "multiplier": 0.5 } }]), "VALIDATION_FAILED", "multiplier"),
     ];
     for (tasks, code, needle) in cases {
         let (got, message) = server
@@ -238,10 +154,7 @@ async fn every_bad_input_has_its_code_and_writes_nothing() {
             )
             .await;
         assert_eq!(got, code, "{tasks}: {message}");
-        assert!(
-            message.contains(needle),
-            "message `{message}` should mention `{needle}`"
-        );
+        assert!(message.contains(needle), "message `{message}` should mention `{needle}`");
     }
     let (code, message) = server
         .error(
@@ -271,9 +184,7 @@ async fn the_cycle_error_names_the_cycle() {
     assert_eq!(err["extensions"]["code"], "CYCLE_DETECTED");
     let message = err["message"].as_str().unwrap();
     assert!(
-        ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"]
-            .iter()
-            .any(|c| message.contains(c)),
+        ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"].iter().any(|c| message.contains(c)),
         "{message}"
     );
     assert!(body["data"].is_null());
@@ -283,26 +194,24 @@ async fn the_cycle_error_names_the_cycle() {
 async fn ten_thousand_task_workflows_are_accepted_and_readable() {
     let server = Server::start_with(no_worker()).await;
     let chain: Vec<Value> = (0..10_000)
-        .map(|i| if i == 0 { json!({ "key": "t0", "kind": "noop" }) } else { json!({ "key": format!("t{i}"), "kind": "noop", "dependsOn": [format!("t{}", i - 1)] }) })
+        .map(|i| {
+            if i == 0 {
+                json!({ "key": "t0", "kind": "noop" })
+            } else {
+                json!({ "key": format!("t{i}"), "kind": "noop", "dependsOn": [format!("t{}", i - 1)] })
+            }
+        })
         .collect();
-    let fan: Vec<Value> =
-        std::iter::once(json!({ "key": "root", "kind": "noop" }))
-            .chain((0..9_999).map(
-                |i| json!({ "key": format!("leaf{i}"), "kind": "noop", "dependsOn": ["root"] }),
-            ))
-            .collect();
+    let fan: Vec<Value> = std::iter::once(json!({ "key": "root", "kind": "noop" }))
+        .chain((0..9_999).map(|i| json!({ "key": format!("leaf{i}"), "kind": "noop", "dependsOn": ["root"] })))
+        .collect();
     for tasks in [chain, fan] {
-        let id = server
-            .submit(json!({ "name": "big", "tasks": tasks }))
-            .await;
+        let id = server.submit(json!({ "name": "big", "tasks": tasks })).await;
         let wf = server.workflow(&id).await;
         let tasks = wf["tasks"].as_array().unwrap();
         assert_eq!(tasks.len(), 10_000);
         assert_eq!(tasks.iter().filter(|t| t["status"] == "QUEUED").count(), 1);
-        assert_eq!(
-            tasks.iter().filter(|t| t["status"] == "PENDING").count(),
-            9_999
-        );
+        assert_eq!(tasks.iter().filter(|t| t["status"] == "PENDING").count(), 9_999);
     }
 }
 
@@ -321,14 +230,8 @@ async fn task_lists_of_a_page_cost_a_constant_number_of_statements() {
         assert_eq!(data["workflows"]["edges"].as_array().unwrap().len(), first);
         costs.push(after - before);
     }
-    assert_eq!(
-        costs[0], costs[2],
-        "statements for 1 and 100 workflows: {costs:?}"
-    );
-    assert!(
-        costs[2] <= 3,
-        "one page query plus one batched task query: {costs:?}"
-    );
+    assert_eq!(costs[0], costs[2], "statements for 1 and 100 workflows: {costs:?}");
+    assert!(costs[2] <= 3, "one page query plus one batched task query: {costs:?}");
 }
 
 async fn statements(server: &Server) -> u64 {
@@ -342,20 +245,9 @@ async fn statements(server: &Server) -> u64 {
 #[tokio::test]
 async fn queries_work_over_get_and_mutations_do_not() {
     let server = Server::start_with(no_worker()).await;
-    let url = format!(
-        "{}?query={}",
-        server.graphql_url(),
-        "%7B%20workflows%20%7B%20edges%20%7B%20cursor%20%7D%20%7D%20%7D"
-    );
-    let body: Value = server
-        .http()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url =
+        format!("{}?query={}", server.graphql_url(), "%7B%20workflows%20%7B%20edges%20%7B%20cursor%20%7D%20%7D%20%7D");
+    let body: Value = server.http().get(url).send().await.unwrap().json().await.unwrap();
     assert!(body["data"]["workflows"]["edges"].is_array(), "{body}");
     let url = format!(
         "{}?query={}",
@@ -369,33 +261,20 @@ async fn queries_work_over_get_and_mutations_do_not() {
 #[tokio::test]
 async fn health_endpoints_answer() {
     let server = Server::start_with(no_worker()).await;
-    let r = server
-        .http()
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap();
+    let r = server.http().get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = server
-        .http()
-        .get(format!("{}/readyz", server.base))
-        .send()
-        .await
-        .unwrap();
+    let r = server.http().get(format!("{}/readyz", server.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
 
 #[test]
 fn schema_graphql_matches_the_server() {
-    let out = std::process::Command::new(common::binary("taskorch"))
-        .arg("print-schema")
-        .output()
-        .expect("print-schema");
+    let out =
+        std::process::Command::new(common::binary("taskorch")).arg("print-schema").output().expect("print-schema");
     assert!(out.status.success());
     let live = String::from_utf8(out.stdout).expect("utf8");
     let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schema.graphql"))
-            .unwrap_or_default();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schema.graphql")).unwrap_or_default();
     assert!(
         live == committed,
         "schema.graphql is out of date; regenerate it with:\n  cargo run -q -p taskorch-server --bin taskorch -- print-schema > schema.graphql"

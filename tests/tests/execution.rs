@@ -16,10 +16,7 @@ mod chrono_free {
         let time = &ts[11..];
         let (h, rest) = time.split_at(2);
         let (m, rest) = rest[1..].split_at(2);
-        let secs: String = rest[1..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+        let secs: String = rest[1..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         let h: f64 = h.parse().unwrap();
         let m: f64 = m.parse().unwrap();
         let s: f64 = secs.parse().unwrap();
@@ -30,11 +27,7 @@ mod chrono_free {
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn seq_of(events: &[Value], ty: &str, key: &str) -> Vec<i64> {
-    events
-        .iter()
-        .filter(|e| e["type"] == ty && e["taskKey"] == key)
-        .map(|e| e["sequence"].as_i64().unwrap())
-        .collect()
+    events.iter().filter(|e| e["type"] == ty && e["taskKey"] == key).map(|e| e["sequence"].as_i64().unwrap()).collect()
 }
 
 #[tokio::test]
@@ -54,17 +47,11 @@ async fn diamond_passes_results_downstream_in_dependency_order() {
     assert_eq!(events.last().unwrap()["type"], "WORKFLOW_COMPLETED");
     let a_done = seq_of(&events, "TASK_COMPLETED", "a")[0];
     for k in ["b", "c"] {
-        assert!(
-            seq_of(&events, "TASK_STARTED", k)[0] > a_done,
-            "{k} started before a completed"
-        );
+        assert!(seq_of(&events, "TASK_STARTED", k)[0] > a_done, "{k} started before a completed");
         assert!(seq_of(&events, "TASK_QUEUED", k)[0] > a_done);
     }
     let d_start = seq_of(&events, "TASK_STARTED", "d")[0];
-    assert!(
-        d_start > seq_of(&events, "TASK_COMPLETED", "b")[0]
-            && d_start > seq_of(&events, "TASK_COMPLETED", "c")[0]
-    );
+    assert!(d_start > seq_of(&events, "TASK_COMPLETED", "b")[0] && d_start > seq_of(&events, "TASK_COMPLETED", "c")[0]);
     assert_eq!(types(&events).len(), 1 + 4 * 3 + 1);
 
     let wf = server.workflow(&id).await;
@@ -73,23 +60,18 @@ async fn diamond_passes_results_downstream_in_dependency_order() {
     let d = &wf["tasks"][3];
     let b_result = json!({ "payload": { "n": 2 }, "inputs": { "a": { "payload": { "n": 1 }, "inputs": {} } } });
     let c_result = json!({ "payload": { "n": 3 }, "inputs": { "a": { "payload": { "n": 1 }, "inputs": {} } } });
-    assert_eq!(
-        d["result"],
-        json!({ "payload": null, "inputs": { "b": b_result, "c": c_result } })
-    );
+    assert_eq!(d["result"], json!({ "payload": null, "inputs": { "b": b_result, "c": c_result } }));
 }
 
 #[tokio::test]
 async fn fan_out_of_a_thousand_fans_in_once() {
     let server = Server::start().await;
     let mut tasks = vec![json!({ "key": "root", "kind": "noop" })];
-    tasks.extend(
-        (0..1000).map(|i| json!({ "key": format!("w{i}"), "kind": "noop", "dependsOn": ["root"] })),
+    tasks.extend((0..1000).map(|i| json!({ "key": format!("w{i}"), "kind": "noop", "dependsOn": ["root"] })));
+    tasks.push(
+        json!({ "key": "sink", "kind": "noop", "dependsOn": (0..1000).map(|i| format!("w{i}")).collect::<Vec<_>>() }),
     );
-    tasks.push(json!({ "key": "sink", "kind": "noop", "dependsOn": (0..1000).map(|i| format!("w{i}")).collect::<Vec<_>>() }));
-    let id = server
-        .submit(json!({ "name": "fan", "tasks": tasks }))
-        .await;
+    let id = server.submit(json!({ "name": "fan", "tasks": tasks })).await;
     let events = server.wait_finished(&id, MINUTE * 2).await;
     common::assert_gapless(&events, 1);
     assert_eq!(events.last().unwrap()["type"], "WORKFLOW_COMPLETED");
@@ -97,19 +79,13 @@ async fn fan_out_of_a_thousand_fans_in_once() {
     assert_eq!(sink_started.len(), 1, "fan-in starts once");
     let last_leaf = events
         .iter()
-        .filter(|e| {
-            e["type"] == "TASK_COMPLETED"
-                && e["taskKey"].as_str().is_some_and(|k| k.starts_with('w'))
-        })
+        .filter(|e| e["type"] == "TASK_COMPLETED" && e["taskKey"].as_str().is_some_and(|k| k.starts_with('w')))
         .map(|e| e["sequence"].as_i64().unwrap())
         .max()
         .unwrap();
     assert!(sink_started[0] > last_leaf);
     assert_eq!(seq_of(&events, "TASK_QUEUED", "sink").len(), 1);
-    let completed = events
-        .iter()
-        .filter(|e| e["type"] == "TASK_COMPLETED")
-        .count();
+    let completed = events.iter().filter(|e| e["type"] == "TASK_COMPLETED").count();
     assert_eq!(completed, 1002);
 }
 
@@ -145,19 +121,10 @@ async fn failing_task_is_retried_with_backoff_then_completes() {
     let at = |i: usize| parse_ms(events[i]["at"].as_str().unwrap());
     for (fail_idx, start_idx, base) in [(3, 5, 300.0), (6, 8, 600.0)] {
         let gap = at(start_idx) - at(fail_idx);
-        assert!(
-            gap >= base * 0.8 - 5.0,
-            "gap {gap} ms shorter than the policy allows (base {base})"
-        );
-        assert!(
-            gap <= base * 1.2 + 400.0,
-            "gap {gap} ms far longer than the policy (base {base})"
-        );
+        assert!(gap >= base * 0.8 - 5.0, "gap {gap} ms shorter than the policy allows (base {base})");
+        assert!(gap <= base * 1.2 + 400.0, "gap {gap} ms far longer than the policy (base {base})");
         let delay = events[fail_idx + 1]["data"]["delayMs"].as_f64().unwrap();
-        assert!(
-            (base * 0.8..=base * 1.2).contains(&delay),
-            "announced delay {delay}"
-        );
+        assert!((base * 0.8..=base * 1.2).contains(&delay), "announced delay {delay}");
     }
     let wf = server.workflow(&id).await;
     assert_eq!(wf["tasks"][0]["attempts"], 3);
@@ -194,12 +161,8 @@ async fn exhausted_retries_fail_the_workflow_and_cancel_downstream() {
     let wf = server.workflow(&id).await;
     assert_eq!(wf["status"], "FAILED");
     assert!(wf["finishedAt"].is_string());
-    let statuses: Vec<_> = wf["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["status"].as_str().unwrap().to_owned())
-        .collect();
+    let statuses: Vec<_> =
+        wf["tasks"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap().to_owned()).collect();
     assert_eq!(statuses, vec!["FAILED", "CANCELLED", "CANCELLED"]);
     assert_eq!(wf["tasks"][0]["error"], "nope");
 }
@@ -215,22 +178,12 @@ async fn an_attempt_past_its_timeout_fails_promptly() {
     let events = server.wait_finished(&id, MINUTE).await;
     assert_eq!(
         types(&events),
-        vec![
-            "WORKFLOW_STARTED",
-            "TASK_QUEUED",
-            "TASK_STARTED",
-            "TASK_FAILED",
-            "WORKFLOW_FAILED"
-        ]
+        vec!["WORKFLOW_STARTED", "TASK_QUEUED", "TASK_STARTED", "TASK_FAILED", "WORKFLOW_FAILED"]
     );
     assert_eq!(events[3]["data"]["error"], "timed out after 200 ms");
-    let took =
-        parse_ms(events[3]["at"].as_str().unwrap()) - parse_ms(events[2]["at"].as_str().unwrap());
+    let took = parse_ms(events[3]["at"].as_str().unwrap()) - parse_ms(events[2]["at"].as_str().unwrap());
     assert!(took < 1000.0, "timed out after {took} ms");
-    assert_eq!(
-        server.workflow(&id).await["tasks"][0]["error"],
-        "timed out after 200 ms"
-    );
+    assert_eq!(server.workflow(&id).await["tasks"][0]["error"], "timed out after 200 ms");
 }
 
 #[tokio::test]
@@ -240,22 +193,15 @@ async fn a_high_priority_task_overtakes_the_backlog() {
         env: vec![("TASKORCH_WORKER_CONCURRENCY".into(), "1".into())],
     })
     .await;
-    let backlog: Vec<Value> =
-        (0..50).map(|i| json!({ "key": format!("low{i}"), "kind": "sleep", "payload": { "ms": 20 }, "priority": 0 })).collect();
-    let low = server
-        .submit(json!({ "name": "backlog", "tasks": backlog }))
-        .await;
-    let high = server
-        .submit(
-            json!({ "name": "urgent", "tasks": [{ "key": "vip", "kind": "noop", "priority": 9 }] }),
-        )
-        .await;
+    let backlog: Vec<Value> = (0..50)
+        .map(|i| json!({ "key": format!("low{i}"), "kind": "sleep", "payload": { "ms": 20 }, "priority": 0 }))
+        .collect();
+    let low = server.submit(json!({ "name": "backlog", "tasks": backlog })).await;
+    let high =
+        server.submit(json!({ "name": "urgent", "tasks": [{ "key": "vip", "kind": "noop", "priority": 9 }] })).await;
     server.wait_finished(&high, MINUTE).await;
     server.wait_finished(&low, MINUTE).await;
-    let vip_start = server.workflow(&high).await["tasks"][0]["startedAt"]
-        .as_str()
-        .map(parse_ms)
-        .unwrap();
+    let vip_start = server.workflow(&high).await["tasks"][0]["startedAt"].as_str().map(parse_ms).unwrap();
     let lows = server.workflow(&low).await;
     let before = lows["tasks"]
         .as_array()
@@ -263,10 +209,7 @@ async fn a_high_priority_task_overtakes_the_backlog() {
         .iter()
         .filter(|t| parse_ms(t["startedAt"].as_str().unwrap()) < vip_start)
         .count();
-    assert!(
-        before <= 5,
-        "{before} of 50 low-priority tasks started before the high-priority one"
-    );
+    assert!(before <= 5, "{before} of 50 low-priority tasks started before the high-priority one");
 }
 
 #[tokio::test]
@@ -278,39 +221,20 @@ async fn bad_handler_input_fails_the_task_with_a_clear_error_and_the_worker_goes
             json!({ "key": "k", "kind": "no-such-kind", "retry": one }),
             "no handler is registered for task kind `no-such-kind`",
         ),
-        (
-            json!({ "key": "k", "kind": "sleep", "payload": { "ms": "soon" }, "retry": one }),
-            "sleep expects",
-        ),
-        (
-            json!({ "key": "k", "kind": "http", "payload": { "method": "GET" }, "retry": one }),
-            "http expects",
-        ),
-        (
-            json!({ "key": "k", "kind": "http", "payload": { "url": "not a url" }, "retry": one }),
-            "invalid url",
-        ),
-        (
-            json!({ "key": "k", "kind": "shell", "payload": { "program": "true" }, "retry": one }),
-            "--allow-shell",
-        ),
+        (json!({ "key": "k", "kind": "sleep", "payload": { "ms": "soon" }, "retry": one }), "sleep expects"),
+        (json!({ "key": "k", "kind": "http", "payload": { "method": "GET" }, "retry": one }), "http expects"),
+        (json!({ "key": "k", "kind": "http", "payload": { "url": "not a url" }, "retry": one }), "invalid url"),
+        (json!({ "key": "k", "kind": "shell", "payload": { "program": "true" }, "retry": one }), "--allow-shell"),
     ];
     for (task, needle) in cases {
-        let id = server
-            .submit(json!({ "name": "bad", "tasks": [task] }))
-            .await;
+        let id = server.submit(json!({ "name": "bad", "tasks": [task] })).await;
         server.wait_finished(&id, MINUTE).await;
         let wf = server.workflow(&id).await;
         assert_eq!(wf["status"], "FAILED");
         let error = wf["tasks"][0]["error"].as_str().unwrap();
-        assert!(
-            error.contains(needle),
-            "`{error}` should contain `{needle}`"
-        );
+        assert!(error.contains(needle), "`{error}` should contain `{needle}`");
     }
-    let ok = server
-        .submit(json!({ "name": "fine", "tasks": [{ "key": "a", "kind": "noop" }] }))
-        .await;
+    let ok = server.submit(json!({ "name": "fine", "tasks": [{ "key": "a", "kind": "noop" }] })).await;
     server.wait_finished(&ok, MINUTE).await;
     assert_eq!(server.workflow(&ok).await["status"], "COMPLETED");
 }
@@ -318,12 +242,11 @@ async fn bad_handler_input_fails_the_task_with_a_clear_error_and_the_worker_goes
 #[tokio::test]
 async fn sigterm_lets_running_attempts_finish_and_exits_cleanly() {
     let mut server = Server::start().await;
-    let id = server.submit(json!({ "name": "drain", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 800 } }] })).await;
+    let id = server
+        .submit(json!({ "name": "drain", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 800 } }] }))
+        .await;
     let mut sub = server
-        .subscribe(
-            "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
-            json!({ "id": id }),
-        )
+        .subscribe("subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }", json!({ "id": id }))
         .await;
     while let Some(e) = sub.next().await {
         if e["workflowEvents"]["type"] == "TASK_STARTED" {
@@ -333,10 +256,7 @@ async fn sigterm_lets_running_attempts_finish_and_exits_cleanly() {
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     let db = rusqlite_free_status(&server, &id).await;
-    assert_eq!(
-        db, "COMPLETED",
-        "the in-flight attempt finished within the grace period"
-    );
+    assert_eq!(db, "COMPLETED", "the in-flight attempt finished within the grace period");
 }
 
 /// Reads a workflow's status after its server stopped, through a second server on the same database.
@@ -346,25 +266,18 @@ async fn rusqlite_free_status(stopped: &Server, id: &str) -> String {
         env: vec![("TASKORCH_DATABASE_URL".into(), stopped.database_url.clone())],
     })
     .await;
-    again.workflow(id).await["status"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    again.workflow(id).await["status"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
 async fn attempts_that_cannot_finish_in_the_grace_period_are_released_and_rerun() {
-    let mut server = Server::start_with(ServerOptions {
-        worker: true,
-        env: vec![("TASKORCH_GRACE_MS".into(), "300".into())],
-    })
-    .await;
-    let id = server.submit(json!({ "name": "long", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 3000 } }] })).await;
+    let mut server =
+        Server::start_with(ServerOptions { worker: true, env: vec![("TASKORCH_GRACE_MS".into(), "300".into())] }).await;
+    let id = server
+        .submit(json!({ "name": "long", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 3000 } }] }))
+        .await;
     let mut sub = server
-        .subscribe(
-            "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
-            json!({ "id": id }),
-        )
+        .subscribe("subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }", json!({ "id": id }))
         .await;
     while let Some(e) = sub.next().await {
         if e["workflowEvents"]["type"] == "TASK_STARTED" {
@@ -392,29 +305,14 @@ async fn attempts_that_cannot_finish_in_the_grace_period_are_released_and_rerun(
         ]
     );
     let wf = again.workflow(&id).await;
-    assert_eq!(
-        wf["tasks"][0]["attempts"], 1,
-        "a released attempt does not count"
-    );
+    assert_eq!(wf["tasks"][0]["attempts"], 1, "a released attempt does not count");
 }
 
 #[tokio::test]
 async fn killing_a_worker_process_repeatedly_loses_nothing() {
-    let server = Server::start_with(ServerOptions {
-        worker: false,
-        env: vec![],
-    })
-    .await;
-    let worker_args = [
-        "--lease-ms",
-        "1500",
-        "--heartbeat-ms",
-        "300",
-        "--reaper-period-ms",
-        "300",
-        "--redeliver-after-ms",
-        "1000",
-    ];
+    let server = Server::start_with(ServerOptions { worker: false, env: vec![] }).await;
+    let worker_args =
+        ["--lease-ms", "1500", "--heartbeat-ms", "300", "--reaper-period-ms", "300", "--redeliver-after-ms", "1000"];
     let mut ids = Vec::new();
     for w in 0..200 {
         let tasks: Vec<Value> = (0..10)
@@ -427,11 +325,7 @@ async fn killing_a_worker_process_repeatedly_loses_nothing() {
                 t
             })
             .collect();
-        ids.push(
-            server
-                .submit(json!({ "name": format!("crash{w}"), "tasks": tasks }))
-                .await,
-        );
+        ids.push(server.submit(json!({ "name": format!("crash{w}"), "tasks": tasks })).await);
     }
     let mut worker = server.spawn_worker(&worker_args);
     for round in 0..5 {
@@ -465,17 +359,9 @@ async fn killing_a_worker_process_repeatedly_loses_nothing() {
             assert_eq!(t["status"], "COMPLETED");
             let key = t["key"].as_str().unwrap();
             let attempts = completed.get(key).cloned().unwrap_or_default();
-            assert_eq!(
-                attempts.len(),
-                1,
-                "task {key} of {id} has exactly one completed attempt"
-            );
+            assert_eq!(attempts.len(), 1, "task {key} of {id} has exactly one completed attempt");
             // The accepted result is from the attempt that held the task last, never from a lost one.
-            assert_eq!(
-                attempts[0],
-                t["attempts"].as_i64().unwrap(),
-                "task {key} of {id}"
-            );
+            assert_eq!(attempts[0], t["attempts"].as_i64().unwrap(), "task {key} of {id}");
         }
     }
     eprintln!("attempts lost to SIGKILL and recovered: {lost_attempts}");

@@ -22,10 +22,7 @@ fn keyed(events: &[Value]) -> Vec<String> {
 }
 
 async fn next_event(sub: &mut Subscription) -> Value {
-    tokio::time::timeout(MINUTE, sub.next())
-        .await
-        .expect("event in time")
-        .expect("stream open")["workflowEvents"]
+    tokio::time::timeout(MINUTE, sub.next()).await.expect("event in time").expect("stream open")["workflowEvents"]
         .clone()
 }
 
@@ -41,9 +38,7 @@ async fn until(sub: &mut Subscription, seen: &mut Vec<Value>, ty: &str, key: Opt
 }
 
 async fn rest(sub: &mut Subscription, seen: &mut Vec<Value>) {
-    let more = tokio::time::timeout(MINUTE, sub.collect_until_complete())
-        .await
-        .expect("completes");
+    let more = tokio::time::timeout(MINUTE, sub.collect_until_complete()).await.expect("completes");
     seen.extend(more.into_iter().map(|v| v["workflowEvents"].clone()));
 }
 
@@ -110,12 +105,8 @@ async fn a_saga_chain_compensates_in_reverse() {
     common::assert_gapless(&events, 1);
     let wf = server.workflow(&id).await;
     assert_eq!(wf["status"], "COMPENSATED");
-    let statuses: Vec<_> = wf["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["status"].as_str().unwrap().to_owned())
-        .collect();
+    let statuses: Vec<_> =
+        wf["tasks"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap().to_owned()).collect();
     assert_eq!(statuses, vec!["COMPENSATED", "COMPENSATED", "FAILED"]);
 }
 
@@ -133,11 +124,7 @@ async fn a_failing_diamond_sink_compensates_both_branches_in_parallel_then_the_r
         .await;
     let events = server.wait_finished(&id, MINUTE).await;
     let k = keyed(&events);
-    let pos = |s: &str| {
-        k.iter()
-            .position(|x| x == s)
-            .unwrap_or_else(|| panic!("{s} missing in {k:?}"))
-    };
+    let pos = |s: &str| k.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} missing in {k:?}"));
     assert!(pos("COMPENSATION_STARTED") > pos("TASK_FAILED d"));
     // both branch compensations start before either finishes: they run in parallel
     assert!(pos("TASK_COMPENSATING b") < pos("TASK_COMPENSATED c"));
@@ -180,26 +167,14 @@ async fn a_failed_compensation_resumes_with_retry_workflow() {
     assert_eq!(first.last().unwrap()["data"]["error"], "refund API down");
     assert_eq!(server.workflow(&id).await["status"], "COMPENSATION_FAILED");
 
-    let mut sub = server
-        .subscribe(EVENTS, json!({ "id": id, "after": first.len() }))
-        .await;
-    let retried = server
-        .data(
-            "mutation($id: ID!) { retryWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
+    let retried = server.data("mutation($id: ID!) { retryWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(retried["retryWorkflow"]["status"], "COMPENSATING");
     let mut seen = Vec::new();
     rest(&mut sub, &mut seen).await;
     assert_eq!(
         keyed(&seen),
-        vec![
-            "WORKFLOW_RESUMED",
-            "TASK_COMPENSATING a",
-            "TASK_COMPENSATED a",
-            "WORKFLOW_COMPENSATED"
-        ]
+        vec!["WORKFLOW_RESUMED", "TASK_COMPENSATING a", "TASK_COMPENSATED a", "WORKFLOW_COMPENSATED"]
     );
     common::assert_gapless(&seen, first.len() as i64 + 1);
     assert_eq!(server.workflow(&id).await["status"], "COMPENSATED");
@@ -218,12 +193,7 @@ async fn cancel_mid_run_stops_the_running_task_and_nothing_else_starts() {
     let mut seen = Vec::new();
     until(&mut sub, &mut seen, "TASK_STARTED", Some("slow")).await;
     let t = std::time::Instant::now();
-    let data = server
-        .data(
-            "mutation($id: ID!) { cancelWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let data = server.data("mutation($id: ID!) { cancelWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["cancelWorkflow"]["status"], "CANCELLED");
     rest(&mut sub, &mut seen).await;
     assert!(t.elapsed() < Duration::from_secs(5));
@@ -240,27 +210,11 @@ async fn cancel_mid_run_stops_the_running_task_and_nothing_else_starts() {
     );
     let wf = server.workflow(&id).await;
     assert_eq!(wf["status"], "CANCELLED");
-    assert!(
-        wf["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["status"] == "CANCELLED")
-    );
+    assert!(wf["tasks"].as_array().unwrap().iter().all(|t| t["status"] == "CANCELLED"));
 
-    let body = server
-        .gql(
-            "mutation($id: ID!) { cancelWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let body = server.gql("mutation($id: ID!) { cancelWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(body["errors"][0]["extensions"]["code"], "INVALID_STATE");
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("CANCELLED")
-    );
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("CANCELLED"));
     // the cancelled attempt was stopped, not completed later
     let events = server.events(&id).await;
     assert!(!types(&events).contains(&"TASK_COMPLETED".to_owned()));
@@ -269,33 +223,13 @@ async fn cancel_mid_run_stops_the_running_task_and_nothing_else_starts() {
 #[tokio::test]
 async fn refused_transitions_name_the_current_state() {
     let server = Server::start().await;
-    let id = server
-        .submit(json!({ "name": "done", "tasks": [{ "key": "a", "kind": "noop" }] }))
-        .await;
+    let id = server.submit(json!({ "name": "done", "tasks": [{ "key": "a", "kind": "noop" }] })).await;
     server.wait_finished(&id, MINUTE).await;
-    for m in [
-        "cancelWorkflow",
-        "pauseWorkflow",
-        "resumeWorkflow",
-        "retryWorkflow",
-    ] {
-        let body = server
-            .gql(
-                &format!("mutation($id: ID!) {{ {m}(id: $id) {{ status }} }}"),
-                json!({ "id": id }),
-            )
-            .await;
-        assert_eq!(
-            body["errors"][0]["extensions"]["code"], "INVALID_STATE",
-            "{m}: {body}"
-        );
-        assert!(
-            body["errors"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("COMPLETED"),
-            "{body}"
-        );
+    for m in ["cancelWorkflow", "pauseWorkflow", "resumeWorkflow", "retryWorkflow"] {
+        let body =
+            server.gql(&format!("mutation($id: ID!) {{ {m}(id: $id) {{ status }} }}"), json!({ "id": id })).await;
+        assert_eq!(body["errors"][0]["extensions"]["code"], "INVALID_STATE", "{m}: {body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("COMPLETED"), "{body}");
     }
     let body = server
         .gql(
@@ -318,24 +252,14 @@ async fn pause_lets_running_tasks_finish_and_dispatches_nothing_until_resume() {
     let mut sub = server.subscribe(EVENTS, json!({ "id": id })).await;
     let mut seen = Vec::new();
     until(&mut sub, &mut seen, "TASK_STARTED", Some("a")).await;
-    let data = server
-        .data(
-            "mutation($id: ID!) { pauseWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let data = server.data("mutation($id: ID!) { pauseWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["pauseWorkflow"]["status"], "PAUSED");
     until(&mut sub, &mut seen, "TASK_QUEUED", Some("b")).await;
     // b is ready but must not start while paused
     let quiet = tokio::time::timeout(Duration::from_millis(700), sub.next()).await;
     assert!(quiet.is_err(), "an event arrived while paused: {quiet:?}");
     assert_eq!(server.workflow(&id).await["tasks"][1]["status"], "QUEUED");
-    let data = server
-        .data(
-            "mutation($id: ID!) { resumeWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let data = server.data("mutation($id: ID!) { resumeWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["resumeWorkflow"]["status"], "RUNNING");
     rest(&mut sub, &mut seen).await;
     assert_eq!(
@@ -369,15 +293,8 @@ async fn retry_workflow_reruns_failed_and_downstream_and_keeps_completed_results
     let first = server.wait_finished(&id, MINUTE).await;
     assert_eq!(first.last().unwrap()["type"], "WORKFLOW_FAILED");
     let a_finished = server.workflow(&id).await["tasks"][0]["finishedAt"].clone();
-    let mut sub = server
-        .subscribe(EVENTS, json!({ "id": id, "after": first.len() }))
-        .await;
-    let data = server
-        .data(
-            "mutation($id: ID!) { retryWorkflow(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
+    let data = server.data("mutation($id: ID!) { retryWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["retryWorkflow"]["status"], "RUNNING");
     let mut seen = Vec::new();
     rest(&mut sub, &mut seen).await;
@@ -406,34 +323,15 @@ async fn bulk_cancel_and_retry_return_counts() {
     let server = Server::start().await;
     let slow = json!([{ "key": "s", "kind": "sleep", "payload": { "ms": 60000 } }]);
     for i in 0..5 {
-        server
-            .submit(json!({ "name": "bulk", "tasks": slow }))
-            .await;
+        server.submit(json!({ "name": "bulk", "tasks": slow })).await;
         let _ = i;
     }
-    server
-        .submit(json!({ "name": "other", "tasks": slow }))
-        .await;
-    let data = server
-        .data(
-            "mutation { cancelWorkflows(filter: { name: \"bulk\" }) }",
-            json!({}),
-        )
-        .await;
+    server.submit(json!({ "name": "other", "tasks": slow })).await;
+    let data = server.data("mutation { cancelWorkflows(filter: { name: \"bulk\" }) }", json!({})).await;
     assert_eq!(data["cancelWorkflows"], 5);
-    let data = server
-        .data(
-            "mutation { cancelWorkflows(filter: { name: \"bulk\" }) }",
-            json!({}),
-        )
-        .await;
+    let data = server.data("mutation { cancelWorkflows(filter: { name: \"bulk\" }) }", json!({})).await;
     assert_eq!(data["cancelWorkflows"], 0, "already cancelled");
-    let data = server
-        .data(
-            "mutation { retryWorkflows(filter: { status: CANCELLED }) }",
-            json!({}),
-        )
-        .await;
+    let data = server.data("mutation { retryWorkflows(filter: { status: CANCELLED }) }", json!({})).await;
     assert_eq!(data["retryWorkflows"], 5);
     let data = server.data("mutation { cancelWorkflows }", json!({})).await;
     assert_eq!(data["cancelWorkflows"], 6);
@@ -451,27 +349,19 @@ async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
             t
         })
         .collect();
-    let id = server
-        .submit(json!({ "name": "late", "tasks": tasks }))
-        .await;
+    let id = server.submit(json!({ "name": "late", "tasks": tasks })).await;
     let mut early = server.subscribe(EVENTS, json!({ "id": id })).await;
     let mut first = Vec::new();
     while first.len() < 5 {
         first.push(next_event(&mut early).await);
     }
-    let mut late = server
-        .subscribe(EVENTS, json!({ "id": id, "after": 5 }))
-        .await;
+    let mut late = server.subscribe(EVENTS, json!({ "id": id, "after": 5 })).await;
     let mut tail = Vec::new();
     rest(&mut late, &mut tail).await;
     rest(&mut early, &mut first).await;
     assert_eq!(tail.first().unwrap()["sequence"], 6);
     common::assert_gapless(&tail, 6);
-    assert_eq!(
-        tail,
-        first[5..].to_vec(),
-        "the late subscriber saw exactly the rest"
-    );
+    assert_eq!(tail, first[5..].to_vec(), "the late subscriber saw exactly the rest");
     assert_eq!(tail.last().unwrap()["type"], "WORKFLOW_COMPLETED");
 }
 
@@ -484,16 +374,9 @@ async fn the_firehose_filters_by_name_and_type() {
             json!({}),
         )
         .await;
-    let _ = server
-        .submit(json!({ "name": "ignored", "tasks": [{ "key": "a", "kind": "noop" }] }))
-        .await;
-    let watched = server
-        .submit(json!({ "name": "watched", "tasks": [{ "key": "a", "kind": "noop" }] }))
-        .await;
-    let e = tokio::time::timeout(MINUTE, sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = server.submit(json!({ "name": "ignored", "tasks": [{ "key": "a", "kind": "noop" }] })).await;
+    let watched = server.submit(json!({ "name": "watched", "tasks": [{ "key": "a", "kind": "noop" }] })).await;
+    let e = tokio::time::timeout(MINUTE, sub.next()).await.unwrap().unwrap();
     assert_eq!(e["events"]["type"], "WORKFLOW_COMPLETED");
     assert_eq!(e["events"]["workflowId"], watched.as_str());
 }
@@ -501,7 +384,9 @@ async fn the_firehose_filters_by_name_and_type() {
 #[tokio::test]
 async fn a_thousand_subscribe_disconnect_cycles_leave_nothing_behind() {
     let server = Server::start().await;
-    let id = server.submit(json!({ "name": "idle", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 600000 } }] })).await;
+    let id = server
+        .submit(json!({ "name": "idle", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 600000 } }] }))
+        .await;
     // warm up allocator and caches
     for _ in 0..50 {
         let mut sub = server.subscribe(EVENTS, json!({ "id": id })).await;
@@ -516,15 +401,9 @@ async fn a_thousand_subscribe_disconnect_cycles_leave_nothing_behind() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while server.metric("taskorch_active_subscriptions").await != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscriptions still active after their clients left"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "subscriptions still active after their clients left");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = server.rss_kib();
-    assert!(
-        after < before + 8 * 1024,
-        "RSS grew from {before} KiB to {after} KiB over 1,000 cycles"
-    );
+    assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB over 1,000 cycles");
 }

@@ -7,27 +7,18 @@ use serde_json::json;
 use taskorch_engine::db::{DEFAULT_URL, Database, PoolOptions};
 use taskorch_engine::store::Store;
 use taskorch_engine::{Engine, EngineOptions, InProcessEventBus};
-use taskorch_worker::{
-    HandlerError, Registry, RegistryOptions, TaskContext, WorkerOptions, run_embedded,
-};
+use taskorch_worker::{HandlerError, Registry, RegistryOptions, TaskContext, WorkerOptions, run_embedded};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let db = Database::connect(DEFAULT_URL, PoolOptions::default()).await?;
     db.migrate().await?;
-    let engine = Engine::new(
-        Store::new(db),
-        Arc::new(InProcessEventBus::default()),
-        EngineOptions::default(),
-    );
+    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::default()), EngineOptions::default());
     let mut registry = Registry::with_builtins(RegistryOptions::default());
     registry.register_fn("greet", |ctx: TaskContext| async move {
-        let name = ctx
-            .payload
-            .get("name")
-            .and_then(|n| n.as_str())
-            .ok_or_else(|| HandlerError::new("greet needs a name"))?;
+        let name =
+            ctx.payload.get("name").and_then(|n| n.as_str()).ok_or_else(|| HandlerError::new("greet needs a name"))?;
         Ok(json!({ "greeting": format!("hello {name}") }))
     });
     let shutdown = CancellationToken::new();
@@ -36,12 +27,6 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    run_embedded(
-        engine,
-        Arc::new(registry),
-        WorkerOptions::default(),
-        shutdown,
-    )
-    .await;
+    run_embedded(engine, Arc::new(registry), WorkerOptions::default(), shutdown).await;
     Ok(())
 }

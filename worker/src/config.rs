@@ -16,6 +16,24 @@ pub struct Config {
     /// Database URL (sqlite://… or postgres://…).
     #[arg(long, env = "TASKORCH_DATABASE_URL", default_value = DEFAULT_URL)]
     pub database_url: String,
+    /// Read replica for reads that tolerate staleness (optional).
+    #[arg(long, env = "TASKORCH_DATABASE_READ_URL")]
+    pub database_read_url: Option<String>,
+    /// Database connections per process.
+    #[arg(long, env = "TASKORCH_DB_POOL_SIZE", default_value_t = 20)]
+    pub db_pool_size: u32,
+    /// Connections of the separate read pool (bulkhead).
+    #[arg(long, env = "TASKORCH_DB_READ_POOL_SIZE", default_value_t = 8)]
+    pub db_read_pool_size: u32,
+    /// RabbitMQ URL: when set, tasks go through RabbitMQ instead of the in-process queue.
+    #[arg(long, env = "TASKORCH_AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// Redis URL: when set, events go through Redis pub/sub so every server sees every event.
+    #[arg(long, env = "TASKORCH_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of broker queues and Redis channels, so several deployments can share them.
+    #[arg(long, env = "TASKORCH_NAMESPACE", default_value = "taskorch")]
+    pub namespace: String,
     /// Attempts run at once.
     #[arg(long, env = "TASKORCH_WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -34,9 +52,10 @@ pub struct Config {
     /// How often the reaper looks for expired leases.
     #[arg(long, env = "TASKORCH_REAPER_PERIOD_MS", default_value_t = 5_000)]
     pub reaper_period_ms: u64,
-    /// A dispatched task not claimed within this time is dispatched again.
-    #[arg(long, env = "TASKORCH_REDELIVER_AFTER_MS", default_value_t = 30_000)]
-    pub redeliver_after_ms: u64,
+    /// A dispatched task not claimed within this time is dispatched again (default: 30 s in-process, 5 min with
+    /// RabbitMQ, which redelivers unacknowledged messages itself).
+    #[arg(long, env = "TASKORCH_REDELIVER_AFTER_MS")]
+    pub redeliver_after_ms: Option<u64>,
     /// On SIGTERM, how long in-flight attempts may take before they are released.
     #[arg(long, env = "TASKORCH_GRACE_MS", default_value_t = 10_000)]
     pub grace_ms: u64,
@@ -53,7 +72,11 @@ impl Config {
         EngineOptions {
             lease: Duration::from_millis(self.lease_ms),
             reaper_period: Duration::from_millis(self.reaper_period_ms),
-            redeliver_after: Duration::from_millis(self.redeliver_after_ms),
+            redeliver_after: Duration::from_millis(self.redeliver_after_ms.unwrap_or(if self.amqp_url.is_some() {
+                300_000
+            } else {
+                30_000
+            })),
             ..EngineOptions::default()
         }
     }
@@ -63,9 +86,7 @@ impl Config {
             concurrency: self.concurrency,
             kinds: self.kinds.clone(),
             grace: Duration::from_millis(self.grace_ms),
-            heartbeat: Duration::from_millis(
-                self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(10),
-            ),
+            heartbeat: Duration::from_millis(self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(10)),
         }
     }
 
@@ -78,6 +99,10 @@ impl Config {
     }
 
     pub fn pools(&self) -> PoolOptions {
-        PoolOptions::default()
+        PoolOptions {
+            max_connections: self.db_pool_size,
+            read_connections: self.db_read_pool_size,
+            read_url: self.database_read_url.clone(),
+        }
     }
 }

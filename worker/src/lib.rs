@@ -18,6 +18,7 @@ pub mod config;
 pub mod handlers;
 mod registry;
 mod runner;
+pub mod setup;
 
 pub use registry::{Handler, HandlerError, Registry, RegistryOptions, TaskContext};
 pub use runner::{WorkerOptions, run_embedded, run_worker};

@@ -3,19 +3,13 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use taskorch_engine::db::{Database, redact};
-use taskorch_engine::store::Store;
-use taskorch_engine::{Engine, InProcessEventBus};
 use taskorch_worker::config::Config;
-use taskorch_worker::{Registry, run_embedded};
+use taskorch_worker::{Registry, setup};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(env_filter()).with_writer(std::io::stderr).init();
     let config = Config::parse();
     if let Err(err) = run(config).await {
         eprintln!("taskorch-worker: {err}");
@@ -30,39 +24,18 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let db = Database::connect(&config.database_url, config.pools())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "TASKORCH_DATABASE_URL ({}) is unusable: {e}",
-                redact(&config.database_url)
-            )
-        })?;
-    db.migrate()
-        .await
-        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
-    let engine = Engine::new(
-        Store::new(db),
-        Arc::new(InProcessEventBus::default()),
-        config.engine_options(),
-    );
     let registry = Arc::new(Registry::with_builtins(config.registry_options()));
+    let backends = setup::connect(&config, config.engine_options(), registry.kinds()).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    println!(
-        "taskorch-worker running (concurrency {})",
-        config.concurrency
-    );
-    run_embedded(engine, registry, config.worker_options(), shutdown).await;
+    println!("taskorch-worker running (concurrency {})", config.concurrency);
+    setup::run(backends, registry, config.worker_options(), true, shutdown).await;
     Ok(())
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! {

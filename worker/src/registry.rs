@@ -75,11 +75,7 @@ pub struct RegistryOptions {
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        Self {
-            allow_shell: false,
-            breaker_threshold: 5,
-            breaker_reset: Duration::from_secs(60),
-        }
+        Self { allow_shell: false, breaker_threshold: 5, breaker_reset: Duration::from_secs(60) }
     }
 }
 
@@ -102,10 +98,7 @@ impl Registry {
         r.register("echo", handlers::Echo);
         r.register("sleep", handlers::Sleep);
         r.register("fail", handlers::Fail);
-        r.register(
-            "http",
-            handlers::Http::new(opts.breaker_threshold, opts.breaker_reset),
-        );
+        r.register("http", handlers::Http::new(opts.breaker_threshold, opts.breaker_reset));
         if opts.allow_shell {
             r.register("shell", handlers::Shell);
         } else {

@@ -30,17 +30,14 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self {
-            concurrency: 64,
-            kinds: None,
-            grace: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(5),
-        }
+        Self { concurrency: 64, kinds: None, grace: Duration::from_secs(10), heartbeat: Duration::from_secs(5) }
     }
 }
 
 /// Attempts running in this worker: phase, attempt, stop signal, and (workflow, key) to match events.
 type Held = Arc<Mutex<HashMap<TaskId, HeldAttempt>>>;
+
+type Ack = Box<dyn taskorch_engine::queue::AckHandle>;
 
 struct HeldAttempt {
     phase: Phase,
@@ -52,28 +49,16 @@ struct HeldAttempt {
 
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
 /// used by the server and by a separate worker process without a broker). Returns after a graceful stop.
-pub async fn run_embedded(
-    engine: Engine,
-    registry: Arc<Registry>,
-    opts: WorkerOptions,
-    shutdown: CancellationToken,
-) {
+pub async fn run_embedded(engine: Engine, registry: Arc<Registry>, opts: WorkerOptions, shutdown: CancellationToken) {
     let queue: Arc<dyn TaskQueue> = Arc::new(InProcessQueue::new());
     let loops = CancellationToken::new();
     let dispatcher = tokio::spawn(run_dispatcher(
         engine.clone(),
         queue.clone(),
-        DispatcherOptions {
-            kinds: opts.kinds.clone(),
-            max_backlog: opts.concurrency.max(256) * 2,
-        },
+        DispatcherOptions { kinds: opts.kinds.clone(), max_backlog: opts.concurrency.max(256) * 2 },
         loops.clone(),
     ));
-    let reaper = tokio::spawn(run_reaper(
-        engine.clone(),
-        engine.options().reaper_period,
-        loops.clone(),
-    ));
+    let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, loops.clone()));
     run_worker(engine, queue, registry, opts, shutdown).await;
     loops.cancel();
     let _ = dispatcher.await;
@@ -93,20 +78,11 @@ pub async fn run_worker(
     let slots = Arc::new(Semaphore::new(concurrency));
     let held: Held = Arc::new(Mutex::new(HashMap::new()));
     let abort = CancellationToken::new();
-    let (report_tx, report_rx) = mpsc::unbounded_channel::<Outcome>();
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<(Outcome, Option<Ack>)>();
     let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx));
     let beats = CancellationToken::new();
-    let heartbeat = tokio::spawn(run_heartbeat(
-        engine.clone(),
-        held.clone(),
-        opts.heartbeat,
-        beats.clone(),
-    ));
-    let signals = tokio::spawn(run_cancel_signals(
-        engine.clone(),
-        held.clone(),
-        beats.clone(),
-    ));
+    let heartbeat = tokio::spawn(run_heartbeat(engine.clone(), held.clone(), opts.heartbeat, beats.clone()));
+    let signals = tokio::spawn(run_cancel_signals(engine.clone(), held.clone(), beats.clone()));
 
     loop {
         let first = tokio::select! {
@@ -128,12 +104,32 @@ pub async fn run_worker(
                 }
             },
         };
-        let claimed = match claim_with_retry(&engine, &batch).await {
-            Some(c) => c,
-            None => continue,
-        };
+        let mut acks: HashMap<TaskId, Ack> = HashMap::with_capacity(batch.len());
+        let mut dispatches = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let (dispatch, ack) = delivery.into_parts();
+            if let Some(ack) = ack {
+                // A duplicate delivery of the same task in one batch: acknowledge the extra one at once.
+                if let Some(previous) = acks.insert(dispatch.task_id, ack) {
+                    tokio::spawn(async move { previous.ack().await });
+                }
+            }
+            dispatches.push(dispatch);
+        }
+        let claimed = claim_with_retry(&engine, &dispatches).await.unwrap_or_default();
+        let mut claimed_acks = HashMap::with_capacity(claimed.len());
+        for task in &claimed {
+            if let Some(ack) = acks.remove(&task.task_id) {
+                claimed_acks.insert(task.task_id, ack);
+            }
+        }
+        // Stale or duplicate messages (and messages of a failed claim, which the dispatcher sends again later).
+        for (_, ack) in acks {
+            tokio::spawn(async move { ack.ack().await });
+        }
         for task in claimed {
             let Some(permit) = permits.pop() else { break };
+            let ack = claimed_acks.remove(&task.task_id);
             let lost = CancellationToken::new();
             if let Ok(mut h) = held.lock() {
                 h.insert(
@@ -164,7 +160,9 @@ pub async fn run_worker(
                     }
                     // A lost attempt's result is not reported: the store would refuse it anyway.
                     if !lost.is_cancelled() {
-                        let _ = report_tx.send(outcome);
+                        let _ = report_tx.send((outcome, ack));
+                    } else if let Some(ack) = ack {
+                        ack.ack().await;
                     }
                     drop(permit);
                 }
@@ -175,10 +173,7 @@ pub async fn run_worker(
 
     // Graceful stop: no more claims; wait for in-flight attempts, then release what is left.
     let all = concurrency as u32;
-    if tokio::time::timeout(opts.grace, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(opts.grace, slots.acquire_many(all)).await.is_err() {
         tracing::info!("grace period over: releasing unfinished attempts");
         abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
@@ -190,10 +185,7 @@ pub async fn run_worker(
     let _ = reporter.await;
 }
 
-async fn claim_with_retry(
-    engine: &Engine,
-    batch: &[taskorch_engine::Dispatch],
-) -> Option<Vec<Claimed>> {
+async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) -> Option<Vec<Claimed>> {
     for attempt in 0..5u32 {
         match engine.claim(batch).await {
             Ok(c) => return Some(c),
@@ -207,12 +199,7 @@ async fn claim_with_retry(
     None
 }
 
-async fn execute(
-    task: Claimed,
-    registry: &Registry,
-    lost: CancellationToken,
-    abort: CancellationToken,
-) -> Outcome {
+async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, abort: CancellationToken) -> Outcome {
     let cancel = CancellationToken::new();
     let ctx = TaskContext {
         workflow_id: task.workflow_id,
@@ -226,22 +213,12 @@ async fn execute(
         idempotency_key: task.idempotency_key,
         cancel: cancel.clone(),
     };
-    let outcome = |kind| Outcome {
-        task_id: task.task_id,
-        phase: task.phase,
-        attempt: task.attempt,
-        kind,
-    };
+    let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
     let Some(handler) = registry.get(&task.kind) else {
-        return outcome(OutcomeKind::Failed(format!(
-            "no handler is registered for task kind `{}`",
-            task.kind
-        )));
+        return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
     };
     let run = tokio::spawn(async move { handler.run(ctx).await });
-    let timeout = task
-        .timeout_ms
-        .map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timeout = task.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
     let timed = async {
         match timeout {
             Some(t) => tokio::time::timeout(t, run).await.ok(),
@@ -262,10 +239,7 @@ async fn execute(
     let kind = match result {
         None => {
             cancel.cancel();
-            OutcomeKind::Failed(format!(
-                "timed out after {} ms",
-                task.timeout_ms.unwrap_or_default()
-            ))
+            OutcomeKind::Failed(format!("timed out after {} ms", task.timeout_ms.unwrap_or_default()))
         }
         Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
         Some(Ok(Err(e))) => OutcomeKind::Failed(e.0),
@@ -279,13 +253,18 @@ async fn execute(
 }
 
 /// Group commit: reports everything waiting in one transaction.
-async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, Option<Ack>)>) {
     let mut batch = Vec::with_capacity(512);
-    while let Some(first) = rx.recv().await {
+    let mut acks = Vec::with_capacity(512);
+    while let Some((first, ack)) = rx.recv().await {
         batch.push(first);
+        acks.extend(ack);
         while batch.len() < 512 {
             match rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok((o, ack)) => {
+                    batch.push(o);
+                    acks.extend(ack);
+                }
                 Err(_) => break,
             }
         }
@@ -305,9 +284,7 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) 
                     // Reports are fenced, so repeating one is harmless; give up only after long.
                     tracing::warn!(error = %err, "reporting outcomes failed; retrying");
                     if delay > Duration::from_secs(10) {
-                        tracing::error!(
-                            "dropping outcomes after repeated failures; their leases will expire"
-                        );
+                        tracing::error!("dropping outcomes after repeated failures; their leases will expire");
                         break;
                     }
                     tokio::time::sleep(delay).await;
@@ -316,6 +293,10 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Outcome>) 
             }
         }
         batch.clear();
+        // Acknowledge only now that the outcomes are committed: a crash before this redelivers the messages.
+        for ack in acks.drain(..) {
+            ack.ack().await;
+        }
     }
 }
 
@@ -369,10 +350,7 @@ async fn run_cancel_signals(engine: Engine, held: Held, stop: CancellationToken)
             continue;
         };
         if let Ok(h) = held.lock() {
-            for a in h
-                .values()
-                .filter(|a| a.workflow_id == event.workflow_id && a.key == key)
-            {
+            for a in h.values().filter(|a| a.workflow_id == event.workflow_id && a.key == key) {
                 tracing::info!(workflow.id = %a.workflow_id, task.key = %a.key, "task cancelled; stopping its attempt");
                 a.lost.cancel();
             }

@@ -84,11 +84,7 @@ impl Store {
             }
         }
         values.push((limit as i64).into());
-        let lock = if self.db.backend == DbBackend::Postgres {
-            " FOR UPDATE OF t SKIP LOCKED"
-        } else {
-            ""
-        };
+        let lock = if self.db.backend == DbBackend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE task SET dispatched_until = ? WHERE id IN (\
                SELECT t.id FROM task t JOIN workflow w ON w.id = t.workflow_id \
@@ -99,11 +95,7 @@ impl Store {
                ORDER BY t.priority DESC, t.available_at LIMIT ?{lock}) \
              RETURNING id, workflow_id, status, kind, comp_kind, priority, attempts, comp_attempts, available_at"
         );
-        let rows = self
-            .db
-            .write
-            .query_all_raw(self.db.stmt(&sql, values))
-            .await?;
+        let rows = self.db.write.query_all_raw(self.db.stmt(&sql, values)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let status: String = row.try_get_by_index(2)?;
@@ -114,22 +106,10 @@ impl Store {
             out.push(Dispatch {
                 task_id: TaskId(row.try_get_by_index(0)?),
                 workflow_id: WorkflowId(row.try_get_by_index(1)?),
-                phase: if compensate {
-                    Phase::Compensate
-                } else {
-                    Phase::Run
-                },
-                kind: if compensate {
-                    comp_kind.unwrap_or(kind)
-                } else {
-                    kind
-                },
+                phase: if compensate { Phase::Compensate } else { Phase::Run },
+                kind: if compensate { comp_kind.unwrap_or(kind) } else { kind },
                 priority: row.try_get_by_index(5)?,
-                fence: if compensate {
-                    row.try_get_by_index(7)?
-                } else {
-                    row.try_get_by_index(6)?
-                },
+                fence: if compensate { row.try_get_by_index(7)? } else { row.try_get_by_index(6)? },
                 seq: available_at.max(0) as u64,
             });
         }
@@ -137,13 +117,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Makes dispatched tasks due again at once.
+    pub async fn undispatch(&self, ids: &[TaskId]) -> Result<(), Error> {
+        for chunk in ids.chunks(500) {
+            let values: Vec<Value> = chunk.iter().map(|id| id.0.into()).collect();
+            self.db
+                .write
+                .execute_raw(self.db.stmt(
+                    &format!("UPDATE task SET dispatched_until = 0 WHERE id IN ({})", placeholders(chunk.len())),
+                    values,
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Claims dispatched tasks with fenced conditional updates, in one transaction. A duplicate or stale message
     /// (the row moved on) claims nothing and is dropped.
-    pub async fn claim(
-        &self,
-        batch: &[Dispatch],
-        lease_us: i64,
-    ) -> Result<(Vec<Claimed>, Vec<EventRecord>), Error> {
+    pub async fn claim(&self, batch: &[Dispatch], lease_us: i64) -> Result<(Vec<Claimed>, Vec<EventRecord>), Error> {
         let now = now_us();
         let txn = self.db.write.begin().await?;
         let mut claimed = Vec::with_capacity(batch.len());
@@ -181,11 +172,7 @@ impl Store {
                 Phase::Run => {
                     let deps: Json = row.try_get_by_index(6)?;
                     let payload: Option<Json> = row.try_get_by_index(2)?;
-                    (
-                        row.try_get_by_index::<String>(1)?,
-                        payload.unwrap_or(Json::Null),
-                        deps,
-                    )
+                    (row.try_get_by_index::<String>(1)?, payload.unwrap_or(Json::Null), deps)
                 }
                 Phase::Compensate => {
                     let comp: Option<Json> = row.try_get_by_index(2)?;
@@ -197,11 +184,7 @@ impl Store {
                         "result": original_result.unwrap_or(Json::Null),
                     });
                     let kind: Option<String> = row.try_get_by_index(1)?;
-                    (
-                        kind.unwrap_or_default(),
-                        comp.get("payload").cloned().unwrap_or(Json::Null),
-                        inputs,
-                    )
+                    (kind.unwrap_or_default(), comp.get("payload").cloned().unwrap_or(Json::Null), inputs)
                 }
             };
             if d.phase == Phase::Run {
@@ -230,8 +213,7 @@ impl Store {
         txn.commit().await?;
         // Inputs: the results of each run-phase task's dependencies, read after the claim committed.
         for c in claimed.iter_mut().filter(|c| c.phase == Phase::Run) {
-            let deps: Vec<String> =
-                serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?;
+            let deps: Vec<String> = serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?;
             c.inputs = self.results_of(c.workflow_id, &deps).await?;
         }
         Ok((claimed, events))
@@ -243,9 +225,10 @@ impl Store {
         for chunk in keys.chunks(500) {
             let mut values: Vec<Value> = vec![wf.0.into()];
             values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+            // From the primary: a replica may not have the dependencies' results yet.
             let rows = self
                 .db
-                .read
+                .write
                 .query_all_raw(self.db.stmt(
                     &format!(
                         "SELECT key, result FROM task WHERE workflow_id = ? AND key IN ({})",
@@ -265,30 +248,19 @@ impl Store {
 
     /// Extends the leases of attempts still held; returns the tasks whose attempt is no longer held (cancelled,
     /// reaped or finished elsewhere), whose handlers should stop.
-    pub async fn heartbeat(
-        &self,
-        held: &[(TaskId, Phase, i32)],
-        lease_us: i64,
-    ) -> Result<Vec<TaskId>, Error> {
+    pub async fn heartbeat(&self, held: &[(TaskId, Phase, i32)], lease_us: i64) -> Result<Vec<TaskId>, Error> {
         let until = now_us() + lease_us;
         let txn = self.db.write.begin().await?;
         let mut lost = Vec::new();
         for (id, phase, attempt) in held {
             let sql = match phase {
-                Phase::Run => {
-                    "UPDATE task SET lease_until = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING'"
-                }
+                Phase::Run => "UPDATE task SET lease_until = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING'",
                 Phase::Compensate => {
                     "UPDATE task SET lease_until = ? WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' \
                      AND lease_until IS NOT NULL"
                 }
             };
-            let res = txn
-                .execute_raw(
-                    self.db
-                        .stmt(sql, vec![until.into(), id.0.into(), (*attempt).into()]),
-                )
-                .await?;
+            let res = txn.execute_raw(self.db.stmt(sql, vec![until.into(), id.0.into(), (*attempt).into()])).await?;
             if res.rows_affected() == 0 {
                 lost.push(*id);
             }
@@ -314,16 +286,8 @@ impl Store {
             let compensate = status == "COMPENSATING";
             out.push(Outcome {
                 task_id: TaskId(row.try_get_by_index(0)?),
-                phase: if compensate {
-                    Phase::Compensate
-                } else {
-                    Phase::Run
-                },
-                attempt: if compensate {
-                    row.try_get_by_index(3)?
-                } else {
-                    row.try_get_by_index(2)?
-                },
+                phase: if compensate { Phase::Compensate } else { Phase::Run },
+                attempt: if compensate { row.try_get_by_index(3)? } else { row.try_get_by_index(2)? },
                 kind: OutcomeKind::Failed("worker lost: the attempt's lease expired".to_owned()),
             });
         }

@@ -13,35 +13,23 @@ use crate::time::now_us;
 
 impl Store {
     /// Applies an operator action to a workflow; returns the events written.
-    pub async fn apply_action(
-        &self,
-        id: WorkflowId,
-        action: Action,
-    ) -> Result<Vec<EventRecord>, Error> {
+    pub async fn apply_action(&self, id: WorkflowId, action: Action) -> Result<Vec<EventRecord>, Error> {
         let now = now_us();
         let wf = id.0;
         let txn = self.db.write.begin().await?;
         // A write first, so SQLite takes its write lock before anything is read.
         let row = txn
-            .query_one_raw(self.db.stmt(
-                "UPDATE workflow SET updated_at = ? WHERE id = ? RETURNING status",
-                vec![now.into(), wf.into()],
-            ))
+            .query_one_raw(
+                self.db.stmt(
+                    "UPDATE workflow SET updated_at = ? WHERE id = ? RETURNING status",
+                    vec![now.into(), wf.into()],
+                ),
+            )
             .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "workflow",
-                id: id.to_string(),
-            })?;
-        let current: WorkflowStatus = row
-            .try_get_by_index::<String>(0)?
-            .parse()
-            .map_err(Error::corrupt)?;
-        let target = action.target(current).ok_or(Error::InvalidState {
-            current,
-            action: action.past_participle(),
-        })?;
-        self.set_workflow_status(&txn, wf, current, target, now)
-            .await?;
+            .ok_or_else(|| Error::NotFound { what: "workflow", id: id.to_string() })?;
+        let current: WorkflowStatus = row.try_get_by_index::<String>(0)?.parse().map_err(Error::corrupt)?;
+        let target = action.target(current).ok_or(Error::InvalidState { current, action: action.past_participle() })?;
+        self.set_workflow_status(&txn, wf, current, target, now).await?;
         let mut events = Vec::new();
         match (action, current) {
             (Action::Cancel, _) => {
@@ -59,10 +47,7 @@ impl Store {
                 events.push(NewEvent::workflow(EventType::WorkflowResumed));
             }
             (Action::Retry, WorkflowStatus::CompensationFailed) => {
-                events.push(
-                    NewEvent::workflow(EventType::WorkflowResumed)
-                        .with_data(json!({ "reason": "retry" })),
-                );
+                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(json!({ "reason": "retry" })));
                 let rows = txn
                     .query_all_raw(self.db.stmt(
                         "UPDATE task SET status = 'COMPENSATING', lease_until = NULL, available_at = ?, \
@@ -76,16 +61,10 @@ impl Store {
                     .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
                     .collect::<Result<_, sea_orm::DbErr>>()?;
                 keys.sort();
-                events.extend(
-                    keys.into_iter()
-                        .map(|(_, k)| NewEvent::task(EventType::TaskCompensating, k)),
-                );
+                events.extend(keys.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskCompensating, k)));
             }
             (Action::Retry, _) => {
-                events.push(
-                    NewEvent::workflow(EventType::WorkflowResumed)
-                        .with_data(json!({ "reason": "retry" })),
-                );
+                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(json!({ "reason": "retry" })));
                 events.extend(self.rerun_failed(&txn, wf, now).await?);
             }
         }
@@ -95,12 +74,7 @@ impl Store {
     }
 
     /// Puts FAILED and CANCELLED tasks back: queued when their dependencies are complete, pending otherwise.
-    async fn rerun_failed<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        wf: Uuid,
-        now: i64,
-    ) -> Result<Vec<NewEvent>, Error> {
+    async fn rerun_failed<C: ConnectionTrait>(&self, conn: &C, wf: Uuid, now: i64) -> Result<Vec<NewEvent>, Error> {
         let rows = conn
             .query_all_raw(self.db.stmt(
                 "SELECT id, key, status, depends_on FROM task WHERE workflow_id = ? ORDER BY position",
@@ -114,26 +88,13 @@ impl Store {
         for r in &rows {
             ids.push(r.try_get_by_index::<Uuid>(0)?);
             keys.push(r.try_get_by_index::<String>(1)?);
-            statuses.push(
-                r.try_get_by_index::<String>(2)?
-                    .parse::<TaskStatus>()
-                    .map_err(Error::corrupt)?,
-            );
+            statuses.push(r.try_get_by_index::<String>(2)?.parse::<TaskStatus>().map_err(Error::corrupt)?);
             dep_keys.push(serde_json::from_value(r.try_get_by_index(3)?).map_err(Error::corrupt)?);
         }
-        let index: std::collections::HashMap<&str, usize> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.as_str(), i))
-            .collect();
-        let deps: Vec<Vec<usize>> = dep_keys
-            .iter()
-            .map(|ds| {
-                ds.iter()
-                    .filter_map(|k| index.get(k.as_str()).copied())
-                    .collect()
-            })
-            .collect();
+        let index: std::collections::HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> =
+            dep_keys.iter().map(|ds| ds.iter().filter_map(|k| index.get(k.as_str()).copied()).collect()).collect();
         let mut events = Vec::new();
         for (i, step) in retry_plan(&statuses, &deps) {
             let (status, pending, queued_at) = match step {
@@ -155,10 +116,7 @@ impl Store {
     }
 
     /// Ids of the workflows matching a filter (for bulk actions).
-    pub async fn workflow_ids(
-        &self,
-        filter: &crate::model::WorkflowFilter,
-    ) -> Result<Vec<WorkflowId>, Error> {
+    pub async fn workflow_ids(&self, filter: &crate::model::WorkflowFilter) -> Result<Vec<WorkflowId>, Error> {
         let mut out = Vec::new();
         let mut after = None;
         loop {

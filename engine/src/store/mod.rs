@@ -75,11 +75,7 @@ impl Store {
 }
 
 /// Inserts event rows in chunks (one statement per chunk).
-async fn insert_events<C: ConnectionTrait>(
-    conn: &C,
-    records: &[EventRecord],
-    at: i64,
-) -> Result<(), DbErr> {
+async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     for chunk in records.chunks(2000) {
         let models = chunk.iter().map(|r| event::ActiveModel {
             workflow_id: sea_orm::Set(r.workflow_id.0),
@@ -87,15 +83,9 @@ async fn insert_events<C: ConnectionTrait>(
             event_type: sea_orm::Set(r.event_type.as_str().to_owned()),
             task_key: sea_orm::Set(r.task_key.clone()),
             at: sea_orm::Set(at),
-            data: sea_orm::Set(if r.data.is_null() {
-                None
-            } else {
-                Some(r.data.clone())
-            }),
+            data: sea_orm::Set(if r.data.is_null() { None } else { Some(r.data.clone()) }),
         });
-        event::Entity::insert_many(models)
-            .exec_without_returning(conn)
-            .await?;
+        event::Entity::insert_many(models).exec_without_returning(conn).await?;
     }
     Ok(())
 }

@@ -11,21 +11,13 @@ use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 
 impl Store {
-    pub(crate) async fn workflow_row(
-        &self,
-        id: WorkflowId,
-    ) -> Result<Option<workflow::Model>, Error> {
-        Ok(workflow::Entity::find_by_id(id.0)
-            .one(&self.db.read)
-            .await?)
+    pub(crate) async fn workflow_row(&self, id: WorkflowId) -> Result<Option<workflow::Model>, Error> {
+        Ok(workflow::Entity::find_by_id(id.0).one(&self.db.read).await?)
     }
 
     /// One workflow.
     pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
-        self.workflow_row(id)
-            .await?
-            .map(TryInto::try_into)
-            .transpose()
+        self.workflow_row(id).await?.map(TryInto::try_into).transpose()
     }
 
     /// Several workflows by id (for batch loading).
@@ -54,27 +46,14 @@ impl Store {
         if let Some(after) = after {
             q = q.filter(workflow::Column::Id.lt(after.0));
         }
-        let mut rows = q
-            .order_by_desc(workflow::Column::Id)
-            .limit(first + 1)
-            .all(&self.db.read)
-            .await?;
+        let mut rows = q.order_by_desc(workflow::Column::Id).limit(first + 1).all(&self.db.read).await?;
         let has_next_page = rows.len() as u64 > first;
         rows.truncate(first as usize);
-        Ok(WorkflowPage {
-            items: rows
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            has_next_page,
-        })
+        Ok(WorkflowPage { items: rows.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?, has_next_page })
     }
 
     /// All tasks of the given workflows, in definition order, in one statement.
-    pub async fn tasks_of(
-        &self,
-        ids: &[WorkflowId],
-    ) -> Result<HashMap<WorkflowId, Vec<TaskRecord>>, Error> {
+    pub async fn tasks_of(&self, ids: &[WorkflowId]) -> Result<HashMap<WorkflowId, Vec<TaskRecord>>, Error> {
         let rows = task::Entity::find()
             .filter(task::Column::WorkflowId.is_in(ids.iter().map(|i| i.0)))
             .order_by_asc(task::Column::WorkflowId)
@@ -90,11 +69,7 @@ impl Store {
     }
 
     /// One task by its key.
-    pub async fn task_by_key(
-        &self,
-        id: WorkflowId,
-        key: &str,
-    ) -> Result<Option<TaskRecord>, Error> {
+    pub async fn task_by_key(&self, id: WorkflowId, key: &str) -> Result<Option<TaskRecord>, Error> {
         task::Entity::find()
             .filter(task::Column::WorkflowId.eq(id.0))
             .filter(task::Column::Key.eq(key))
@@ -105,12 +80,7 @@ impl Store {
     }
 
     /// Events of a workflow after `after_sequence`, in order, at most `limit`.
-    pub async fn events(
-        &self,
-        id: WorkflowId,
-        after_sequence: i64,
-        limit: u64,
-    ) -> Result<Vec<EventRecord>, Error> {
+    pub async fn events(&self, id: WorkflowId, after_sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
         let Some(wf) = self.workflow_row(id).await? else {
             return Ok(Vec::new());
         };
@@ -121,9 +91,7 @@ impl Store {
             .limit(limit)
             .all(&self.db.read)
             .await?;
-        rows.into_iter()
-            .map(|m| EventRecord::from_model(m, wf.name.clone()))
-            .collect()
+        rows.into_iter().map(|m| EventRecord::from_model(m, wf.name.clone())).collect()
     }
 
     /// Whether the database answers.

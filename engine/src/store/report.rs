@@ -16,11 +16,7 @@ use crate::queue::Phase;
 use crate::time::now_us;
 
 fn json_value(v: Json) -> Value {
-    if v.is_null() {
-        Option::<Json>::None.into()
-    } else {
-        Some(v).into()
-    }
+    if v.is_null() { Option::<Json>::None.into() } else { Some(v).into() }
 }
 
 impl Store {
@@ -36,40 +32,19 @@ impl Store {
         for o in outcomes {
             let done = match (o.phase, o.kind) {
                 (Phase::Run, OutcomeKind::Completed(result)) => {
-                    self.complete(&txn, &o.task_id.0, o.attempt, result, now, &mut report)
-                        .await?
+                    self.complete(&txn, &o.task_id.0, o.attempt, result, now, &mut report).await?
                 }
                 (Phase::Run, OutcomeKind::Failed(error)) => {
-                    self.fail(
-                        &txn,
-                        &o.task_id.0,
-                        o.attempt,
-                        &error,
-                        now,
-                        jitter(),
-                        &mut report,
-                    )
-                    .await?
+                    self.fail(&txn, &o.task_id.0, o.attempt, &error, now, jitter(), &mut report).await?
                 }
                 (Phase::Run, OutcomeKind::Released) => {
-                    self.release(&txn, &o.task_id.0, o.attempt, now, &mut report)
-                        .await?
+                    self.release(&txn, &o.task_id.0, o.attempt, now, &mut report).await?
                 }
                 (Phase::Compensate, OutcomeKind::Completed(_)) => {
-                    self.compensated(&txn, &o.task_id.0, o.attempt, now, &mut report)
-                        .await?
+                    self.compensated(&txn, &o.task_id.0, o.attempt, now, &mut report).await?
                 }
                 (Phase::Compensate, OutcomeKind::Failed(error)) => {
-                    self.compensation_failed(
-                        &txn,
-                        &o.task_id.0,
-                        o.attempt,
-                        &error,
-                        now,
-                        jitter(),
-                        &mut report,
-                    )
-                    .await?
+                    self.compensation_failed(&txn, &o.task_id.0, o.attempt, &error, now, jitter(), &mut report).await?
                 }
                 (Phase::Compensate, OutcomeKind::Released) => {
                     let res = txn
@@ -113,9 +88,7 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let dependents: Vec<String> =
             serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
-        let mut events = vec![
-            NewEvent::task(EventType::TaskCompleted, key).with_data(json!({ "attempt": attempt })),
-        ];
+        let mut events = vec![NewEvent::task(EventType::TaskCompleted, key).with_data(json!({ "attempt": attempt }))];
         if !dependents.is_empty() {
             for chunk in dependents.chunks(500) {
                 let mut values: Vec<Value> = vec![wf.into()];
@@ -147,11 +120,7 @@ impl Store {
                     .collect::<Result<_, sea_orm::DbErr>>()?;
                 ready.sort();
                 report.made_ready += ready.len();
-                events.extend(
-                    ready
-                        .into_iter()
-                        .map(|(_, k)| NewEvent::task(EventType::TaskQueued, k)),
-                );
+                events.extend(ready.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskQueued, k)));
             }
         }
         let row = txn
@@ -163,19 +132,12 @@ impl Store {
             .await?
             .ok_or_else(|| crate::Error::corrupt("workflow of a task vanished"))?;
         let (completed, total): (i32, i32) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-        let status: WorkflowStatus = row
-            .try_get_by_index::<String>(2)?
-            .parse()
-            .map_err(crate::Error::corrupt)?;
-        if completed == total && matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused)
-        {
-            self.set_workflow_status(txn, wf, status, WorkflowStatus::Completed, now)
-                .await?;
+        let status: WorkflowStatus = row.try_get_by_index::<String>(2)?.parse().map_err(crate::Error::corrupt)?;
+        if completed == total && matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused) {
+            self.set_workflow_status(txn, wf, status, WorkflowStatus::Completed, now).await?;
             events.push(NewEvent::workflow(EventType::WorkflowCompleted));
         }
-        report
-            .events
-            .extend(self.append_events(txn, wf, events, now).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
         Ok(true)
     }
 
@@ -202,11 +164,10 @@ impl Store {
         };
         let wf: Uuid = row.try_get_by_index(0)?;
         let key: String = row.try_get_by_index(1)?;
-        let policy: RetryPolicy =
-            serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
+        let policy: RetryPolicy = serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
         let base: i32 = row.try_get_by_index(3)?;
-        let failed = NewEvent::task(EventType::TaskFailed, key.clone())
-            .with_data(json!({ "attempt": attempt, "error": error }));
+        let failed =
+            NewEvent::task(EventType::TaskFailed, key.clone()).with_data(json!({ "attempt": attempt, "error": error }));
         let status: WorkflowStatus = self.workflow_status(txn, wf).await?;
         let active = matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused);
         let counted = (attempt - base).max(1) as u32;
@@ -221,24 +182,21 @@ impl Store {
             report.made_ready += 1;
             let retrying = NewEvent::task(EventType::TaskRetrying, key)
                 .with_data(json!({ "attempt": attempt + 1, "delayMs": delay.as_millis() as u64 }));
-            report.events.extend(
-                self.append_events(txn, wf, vec![failed, retrying], now)
-                    .await?,
-            );
+            report.events.extend(self.append_events(txn, wf, vec![failed, retrying], now).await?);
             return Ok(true);
         }
-        txn.execute_raw(self.db.stmt(
-            "UPDATE task SET status = 'FAILED', finished_at = ? WHERE id = ?",
-            vec![now.into(), (*id).into()],
-        ))
+        txn.execute_raw(
+            self.db.stmt(
+                "UPDATE task SET status = 'FAILED', finished_at = ? WHERE id = ?",
+                vec![now.into(), (*id).into()],
+            ),
+        )
         .await?;
         let mut events = vec![failed];
         if active {
             events.extend(self.fail_workflow(txn, wf, status, now, report).await?);
         }
-        report
-            .events
-            .extend(self.append_events(txn, wf, events, now).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
         Ok(true)
     }
 
@@ -262,13 +220,8 @@ impl Store {
             .transpose()?
             .unwrap_or(0);
         let mut events = Vec::new();
-        let target = if compensable > 0 {
-            WorkflowStatus::Compensating
-        } else {
-            WorkflowStatus::Failed
-        };
-        self.set_workflow_status(txn, wf, status, target, now)
-            .await?;
+        let target = if compensable > 0 { WorkflowStatus::Compensating } else { WorkflowStatus::Failed };
+        self.set_workflow_status(txn, wf, status, target, now).await?;
         if compensable > 0 {
             events.push(NewEvent::workflow(EventType::CompensationStarted));
         }
@@ -302,10 +255,7 @@ impl Store {
             .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
             .collect::<Result<_, sea_orm::DbErr>>()?;
         keys.sort();
-        Ok(keys
-            .into_iter()
-            .map(|(_, k)| NewEvent::task(EventType::TaskCancelled, k))
-            .collect())
+        Ok(keys.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskCancelled, k)).collect())
     }
 
     async fn release(
@@ -329,11 +279,9 @@ impl Store {
         let wf: Uuid = row.try_get_by_index(0)?;
         let key: String = row.try_get_by_index(1)?;
         report.made_ready += 1;
-        let ev = NewEvent::task(EventType::TaskQueued, key)
-            .with_data(json!({ "reason": "released by a stopping worker" }));
-        report
-            .events
-            .extend(self.append_events(txn, wf, vec![ev], now).await?);
+        let ev =
+            NewEvent::task(EventType::TaskQueued, key).with_data(json!({ "reason": "released by a stopping worker" }));
+        report.events.extend(self.append_events(txn, wf, vec![ev], now).await?);
         Ok(true)
     }
 
@@ -359,9 +307,7 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let mut events = vec![NewEvent::task(EventType::TaskCompensated, key)];
         events.extend(self.saga_step(txn, wf, now, report).await?);
-        report
-            .events
-            .extend(self.append_events(txn, wf, events, now).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
         Ok(true)
     }
 
@@ -390,10 +336,8 @@ impl Store {
         let wf: Uuid = row.try_get_by_index(0)?;
         let key: String = row.try_get_by_index(1)?;
         let comp: Option<Json> = row.try_get_by_index(2)?;
-        let policy: RetryPolicy = comp
-            .and_then(|c| c.get("retry").cloned())
-            .and_then(|r| serde_json::from_value(r).ok())
-            .unwrap_or_default();
+        let policy: RetryPolicy =
+            comp.and_then(|c| c.get("retry").cloned()).and_then(|r| serde_json::from_value(r).ok()).unwrap_or_default();
         let base: i32 = row.try_get_by_index(3)?;
         let counted = (attempt - base).max(1) as u32;
         if policy.should_retry(counted) {
@@ -406,19 +350,16 @@ impl Store {
             report.made_ready += 1;
             return Ok(true);
         }
-        txn.execute_raw(self.db.stmt(
-            "UPDATE task SET status = 'COMPENSATION_FAILED' WHERE id = ?",
-            vec![(*id).into()],
-        ))
+        txn.execute_raw(
+            self.db.stmt("UPDATE task SET status = 'COMPENSATION_FAILED' WHERE id = ?", vec![(*id).into()]),
+        )
         .await?;
         let mut events = vec![
             NewEvent::task(EventType::TaskCompensationFailed, key)
                 .with_data(json!({ "attempt": attempt, "error": error })),
         ];
         events.extend(self.saga_step(txn, wf, now, report).await?);
-        report
-            .events
-            .extend(self.append_events(txn, wf, events, now).await?);
+        report.events.extend(self.append_events(txn, wf, events, now).await?);
         Ok(true)
     }
 
@@ -444,30 +385,18 @@ impl Store {
         let mut dependents_keys: Vec<Vec<String>> = Vec::with_capacity(rows.len());
         for r in &rows {
             keys.push(r.try_get_by_index::<String>(0)?);
-            statuses.push(
-                r.try_get_by_index::<String>(1)?
-                    .parse::<TaskStatus>()
-                    .map_err(crate::Error::corrupt)?,
-            );
+            statuses.push(r.try_get_by_index::<String>(1)?.parse::<TaskStatus>().map_err(crate::Error::corrupt)?);
             comps.push(r.try_get_by_index::<bool>(2)?);
-            dependents_keys.push(
-                serde_json::from_value(r.try_get_by_index(3)?).map_err(crate::Error::corrupt)?,
-            );
+            dependents_keys.push(serde_json::from_value(r.try_get_by_index(3)?).map_err(crate::Error::corrupt)?);
             ids.push(r.try_get_by_index::<Uuid>(4)?);
         }
-        let index: std::collections::HashMap<&str, usize> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.as_str(), i))
-            .collect();
+        let index: std::collections::HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
         let nodes: Vec<SagaNode> = (0..keys.len())
             .map(|i| SagaNode {
                 status: statuses[i],
                 has_compensation: comps[i],
-                dependents: dependents_keys[i]
-                    .iter()
-                    .filter_map(|k| index.get(k.as_str()).copied())
-                    .collect(),
+                dependents: dependents_keys[i].iter().filter_map(|k| index.get(k.as_str()).copied()).collect(),
             })
             .collect();
         let mut events = Vec::new();
@@ -485,14 +414,8 @@ impl Store {
                 }
             }
             SagaProgress::Compensated => {
-                self.set_workflow_status(
-                    txn,
-                    wf,
-                    WorkflowStatus::Compensating,
-                    WorkflowStatus::Compensated,
-                    now,
-                )
-                .await?;
+                self.set_workflow_status(txn, wf, WorkflowStatus::Compensating, WorkflowStatus::Compensated, now)
+                    .await?;
                 events.push(NewEvent::workflow(EventType::WorkflowCompensated));
             }
             SagaProgress::Failed => {
@@ -515,15 +438,10 @@ impl Store {
         wf: Uuid,
     ) -> Result<WorkflowStatus, Error> {
         let row = conn
-            .query_one_raw(
-                self.db
-                    .stmt("SELECT status FROM workflow WHERE id = ?", vec![wf.into()]),
-            )
+            .query_one_raw(self.db.stmt("SELECT status FROM workflow WHERE id = ?", vec![wf.into()]))
             .await?
             .ok_or_else(|| crate::Error::corrupt("workflow vanished"))?;
-        row.try_get_by_index::<String>(0)?
-            .parse()
-            .map_err(crate::Error::corrupt)
+        row.try_get_by_index::<String>(0)?.parse().map_err(crate::Error::corrupt)
     }
 
     /// Moves a workflow from `from` to `to` if the state machine allows it; `finished_at` is set on terminal
@@ -536,10 +454,7 @@ impl Store {
         to: WorkflowStatus,
         now: i64,
     ) -> Result<(), Error> {
-        from.transition(to).map_err(|_| Error::InvalidState {
-            current: from,
-            action: "changed",
-        })?;
+        from.transition(to).map_err(|_| Error::InvalidState { current: from, action: "changed" })?;
         let finished: Option<i64> = to.is_terminal().then_some(now);
         conn.execute_raw(self.db.stmt(
             "UPDATE workflow SET status = ?, finished_at = ?, updated_at = ? WHERE id = ? AND status = ?",

@@ -61,10 +61,7 @@ impl Store {
         let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
         for t in &spec.tasks {
             for d in &t.depends_on {
-                dependents
-                    .entry(d.as_str())
-                    .or_default()
-                    .push(t.key.as_str());
+                dependents.entry(d.as_str()).or_default().push(t.key.as_str());
             }
         }
         let mut events = vec![NewEvent::workflow(EventType::WorkflowStarted)];
@@ -77,15 +74,9 @@ impl Store {
                 if root {
                     events.push(NewEvent::task(EventType::TaskQueued, t.key.clone()));
                 }
-                let status = if root {
-                    TaskStatus::Queued
-                } else {
-                    TaskStatus::Pending
-                };
-                let compensation = t
-                    .compensation
-                    .as_ref()
-                    .map(|c| json!({ "kind": c.kind, "payload": c.payload, "retry": c.retry }));
+                let status = if root { TaskStatus::Queued } else { TaskStatus::Pending };
+                let compensation =
+                    t.compensation.as_ref().map(|c| json!({ "kind": c.kind, "payload": c.payload, "retry": c.retry }));
                 task::ActiveModel {
                     id: Set(TaskId::new().0),
                     workflow_id: Set(wf_id.0),
@@ -93,17 +84,11 @@ impl Store {
                     kind: Set(t.kind.clone()),
                     position: Set(i as i32),
                     status: Set(status.as_str().to_owned()),
-                    payload: Set(if t.payload.is_null() {
-                        None
-                    } else {
-                        Some(t.payload.clone())
-                    }),
+                    payload: Set(if t.payload.is_null() { None } else { Some(t.payload.clone()) }),
                     result: Set(None),
                     error: Set(None),
                     depends_on: Set(json!(t.depends_on)),
-                    dependents: Set(json!(
-                        dependents.get(t.key.as_str()).cloned().unwrap_or_default()
-                    )),
+                    dependents: Set(json!(dependents.get(t.key.as_str()).cloned().unwrap_or_default())),
                     pending_deps: Set(t.depends_on.len() as i32),
                     priority: Set(i16::from(t.config.priority.get())),
                     attempts: Set(0),
@@ -126,10 +111,7 @@ impl Store {
             .collect();
 
         let txn = self.db.write.begin().await?;
-        if let Err(err) = workflow::Entity::insert(wf_row)
-            .exec_without_returning(&txn)
-            .await
-        {
+        if let Err(err) = workflow::Entity::insert(wf_row).exec_without_returning(&txn).await {
             drop(txn);
             // A concurrent submission with the same key won the race.
             if is_unique_violation(&err)
@@ -143,29 +125,21 @@ impl Store {
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<_> = rows.by_ref().take(TASK_CHUNK).collect();
-            task::Entity::insert_many(chunk)
-                .exec_without_returning(&txn)
-                .await?;
+            task::Entity::insert_many(chunk).exec_without_returning(&txn).await?;
         }
         let records = self.append_events(&txn, wf_id.0, events, now).await?;
         txn.commit().await?;
-        let row = self
-            .workflow_row(wf_id)
+        let row = workflow::Entity::find_by_id(wf_id.0)
+            .one(&self.db.write)
             .await?
             .ok_or_else(|| Error::corrupt("workflow vanished after insert"))?;
         Ok(SubmitOutcome::Created(row.try_into()?, records))
     }
 
     /// The workflow first submitted with this idempotency key, if its content is the same; a `Conflict` if not.
-    async fn find_by_idempotency_key(
-        &self,
-        key: &str,
-        content_hash: &str,
-    ) -> Result<Option<WorkflowRecord>, Error> {
-        let found = workflow::Entity::find()
-            .filter(workflow::Column::IdempotencyKey.eq(key))
-            .one(&self.db.write)
-            .await?;
+    async fn find_by_idempotency_key(&self, key: &str, content_hash: &str) -> Result<Option<WorkflowRecord>, Error> {
+        let found =
+            workflow::Entity::find().filter(workflow::Column::IdempotencyKey.eq(key)).one(&self.db.write).await?;
         match found {
             None => Ok(None),
             Some(m) if m.content_hash == content_hash => Ok(Some(m.try_into()?)),

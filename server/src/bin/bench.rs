@@ -40,54 +40,28 @@ async fn main() -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("taskorch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let (url, cleanup) = if args.database == "sqlite" {
-        (
-            format!("sqlite://{}/bench.db?mode=rwc", tmp.display()),
-            None,
-        )
+        (format!("sqlite://{}/bench.db?mode=rwc", tmp.display()), None)
     } else {
         let admin = Database::connect(&args.database, PoolOptions::default()).await?;
         let name = format!("taskorch_bench_{}", std::process::id());
-        admin
-            .write
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        let base = args
-            .database
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or(args.database.clone());
+        admin.write.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        let base = args.database.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(args.database.clone());
         (format!("{base}/{name}"), Some((admin, name)))
     };
-    let backend = if cleanup.is_some() {
-        "PostgreSQL"
-    } else {
-        "SQLite"
-    };
+    let backend = if cleanup.is_some() { "PostgreSQL" } else { "SQLite" };
     let db = Database::connect(&url, PoolOptions::default()).await?;
     db.migrate().await?;
-    let engine = Engine::new(
-        Store::new(db),
-        Arc::new(InProcessEventBus::new(1 << 20)),
-        EngineOptions::default(),
-    );
+    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::new(1 << 20)), EngineOptions::default());
     println!(
         "taskorch-bench on {backend}, {} cores",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
     // 1. Submission of 10,000-task DAGs (no worker running).
-    for (shape, spec) in [
-        ("chain", chain("submit-chain", 10_000)),
-        ("fan-out", fan_out("submit-fan", 10_000)),
-    ] {
+    for (shape, spec) in [("chain", chain("submit-chain", 10_000)), ("fan-out", fan_out("submit-fan", 10_000))] {
         let t = Instant::now();
         engine.submit(spec).await?;
-        println!(
-            "submit 10,000-task {shape:<8}  {:>8.1} ms",
-            t.elapsed().as_secs_f64() * 1000.0
-        );
+        println!("submit 10,000-task {shape:<8}  {:>8.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
     // Those two stay unrun: start the worker for the execution figures on fresh workflows only.
     cancel_all(&engine).await?;
@@ -97,10 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = tokio::spawn(run_embedded(
         engine.clone(),
         registry,
-        WorkerOptions {
-            concurrency: args.concurrency,
-            ..WorkerOptions::default()
-        },
+        WorkerOptions { concurrency: args.concurrency, ..WorkerOptions::default() },
         shutdown.clone(),
     ));
 
@@ -110,19 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut ids = Vec::with_capacity(workflows);
     for w in 0..workflows {
-        let tasks = (0..args.noop_batch)
-            .map(|i| TaskSpec::new(format!("n{i}"), "noop"))
-            .collect();
-        ids.push(
-            engine
-                .submit(WorkflowSpec {
-                    name: format!("noop{w}"),
-                    idempotency_key: None,
-                    tasks,
-                })
-                .await?
-                .id,
-        );
+        let tasks = (0..args.noop_batch).map(|i| TaskSpec::new(format!("n{i}"), "noop")).collect();
+        ids.push(engine.submit(WorkflowSpec { name: format!("noop{w}"), idempotency_key: None, tasks }).await?.id);
     }
     wait_completed(&mut done, workflows).await?;
     let secs = t.elapsed().as_secs_f64();
@@ -159,27 +119,15 @@ async fn main() -> anyhow::Result<()> {
     let mut sink = TaskSpec::new("sink", "noop");
     sink.depends_on = leaves;
     tasks.push(sink);
-    engine
-        .submit(WorkflowSpec {
-            name: "fan".into(),
-            idempotency_key: None,
-            tasks,
-        })
-        .await?;
+    engine.submit(WorkflowSpec { name: "fan".into(), idempotency_key: None, tasks }).await?;
     wait_completed(&mut done, 1).await?;
-    println!(
-        "fan-out 1,000 → fan-in     {:>8.1} ms end to end",
-        t.elapsed().as_secs_f64() * 1000.0
-    );
+    println!("fan-out 1,000 → fan-in     {:>8.1} ms end to end", t.elapsed().as_secs_f64() * 1000.0);
 
     shutdown.cancel();
     let _ = worker.await;
     drop(ids);
     if let Some((admin, name)) = cleanup {
-        admin
-            .write
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await?;
+        admin.write.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
@@ -189,40 +137,22 @@ fn chain(name: &str, n: usize) -> WorkflowSpec {
     let tasks = (0..n)
         .map(|i| {
             let t = TaskSpec::new(format!("t{i}"), "noop");
-            if i == 0 {
-                t
-            } else {
-                t.after(&[&format!("t{}", i - 1)])
-            }
+            if i == 0 { t } else { t.after(&[&format!("t{}", i - 1)]) }
         })
         .collect();
-    WorkflowSpec {
-        name: name.into(),
-        idempotency_key: None,
-        tasks,
-    }
+    WorkflowSpec { name: name.into(), idempotency_key: None, tasks }
 }
 
 fn fan_out(name: &str, n: usize) -> WorkflowSpec {
     let mut tasks = vec![TaskSpec::new("root", "noop")];
     tasks.extend((1..n).map(|i| TaskSpec::new(format!("leaf{i}"), "noop").after(&["root"])));
-    WorkflowSpec {
-        name: name.into(),
-        idempotency_key: None,
-        tasks,
-    }
+    WorkflowSpec { name: name.into(), idempotency_key: None, tasks }
 }
 
 async fn cancel_all(engine: &Engine) -> anyhow::Result<()> {
     let db = engine.store().database();
-    db.write
-        .execute_unprepared("UPDATE workflow SET status = 'CANCELLED'")
-        .await?;
-    db.write
-        .execute_unprepared(
-            "UPDATE task SET status = 'CANCELLED' WHERE status IN ('PENDING', 'QUEUED')",
-        )
-        .await?;
+    db.write.execute_unprepared("UPDATE workflow SET status = 'CANCELLED'").await?;
+    db.write.execute_unprepared("UPDATE task SET status = 'CANCELLED' WHERE status IN ('PENDING', 'QUEUED')").await?;
     Ok(())
 }
 
@@ -243,15 +173,8 @@ async fn wait_completed(
 }
 
 async fn hop_latencies(engine: &Engine, id: WorkflowId) -> anyhow::Result<Vec<f64>> {
-    let tasks = engine
-        .tasks_of(&[id])
-        .await?
-        .remove(&id)
-        .unwrap_or_default();
-    Ok(tasks
-        .windows(2)
-        .filter_map(|w| Some((w[1].started_at_us? - w[0].finished_at_us?) as f64 / 1000.0))
-        .collect())
+    let tasks = engine.tasks_of(&[id]).await?.remove(&id).unwrap_or_default();
+    Ok(tasks.windows(2).filter_map(|w| Some((w[1].started_at_us? - w[0].finished_at_us?) as f64 / 1000.0)).collect())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -22,25 +22,15 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema over an engine.
 pub fn build_schema(engine: Engine, subscriptions: subscription::ActiveSubscriptions) -> AppSchema {
-    Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
-        SubscriptionRoot::default(),
-    )
-    .data(engine)
-    .data(subscriptions)
-    .limit_depth(16)
-    .limit_complexity(100_000)
-    .finish()
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .data(engine)
+        .data(subscriptions)
+        .limit_depth(16)
+        .limit_complexity(100_000)
+        .finish()
 }
 
 /// The SDL without an engine (for `print-schema` and the drift test).
 pub fn sdl() -> String {
-    Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
-        SubscriptionRoot::default(),
-    )
-    .finish()
-    .sdl()
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish().sdl()
 }

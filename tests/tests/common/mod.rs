@@ -20,27 +20,14 @@ static BUILD: Once = Once::new();
 fn target_dir() -> PathBuf {
     // target/debug/deps/<test> → target
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .to_path_buf()
+    exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).expect("target dir").to_path_buf()
 }
 
 /// Path of a workspace binary, built (once per test process) so the tests always run the current code.
 pub fn binary(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "taskorch-server",
-                "-p",
-                "taskorch-worker",
-                "--bins",
-                "--target-dir",
-            ])
+            .args(["build", "--quiet", "-p", "taskorch-server", "-p", "taskorch-worker", "--bins", "--target-dir"])
             .arg(target_dir())
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
@@ -61,14 +48,7 @@ impl PgDatabase {
     fn create(admin_url: &str) -> Self {
         let name = format!("taskorch_t_{}", uuid::Uuid::new_v4().simple());
         let out = Command::new("psql")
-            .args([
-                admin_url,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-c",
-                &format!("CREATE DATABASE {name}"),
-            ])
+            .args([admin_url, "-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
             .output()
             .expect("psql must be installed to run the tests on PostgreSQL");
         assert!(
@@ -76,27 +56,15 @@ impl PgDatabase {
             "cannot create a test database on {admin_url}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(admin_url);
-        Self {
-            admin_url: admin_url.to_owned(),
-            url: format!("{base}/{name}"),
-            name,
-        }
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+        Self { admin_url: admin_url.to_owned(), url: format!("{base}/{name}"), name }
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([
-                &self.admin_url,
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
+            .args([&self.admin_url, "-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
             .output();
     }
 }
@@ -111,10 +79,7 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self {
-            worker: true,
-            env: Vec::new(),
-        }
+        Self { worker: true, env: Vec::new() }
     }
 }
 
@@ -135,10 +100,8 @@ impl Server {
 
     pub async fn start_with(opts: ServerOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let pg = std::env::var("TASKORCH_TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .map(|u| PgDatabase::create(&u));
+        let pg =
+            std::env::var("TASKORCH_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(|u| PgDatabase::create(&u));
         let database_url = match &pg {
             Some(pg) => pg.url.clone(),
             None => format!("sqlite://{}/taskorch.db?mode=rwc", dir.path().display()),
@@ -166,23 +129,14 @@ impl Server {
             std::thread::spawn(move || for _ in reader.lines() {});
             line
         });
-        let line = tokio::time::timeout(Duration::from_secs(60), line)
-            .await
-            .expect("server printed its URL")
-            .expect("join");
+        let line =
+            tokio::time::timeout(Duration::from_secs(60), line).await.expect("server printed its URL").expect("join");
         let base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .map(|u| u.trim_end_matches("/graphql").to_owned())
             .unwrap_or_else(|| panic!("no URL in the first line of stdout: {line:?}"));
-        Self {
-            child,
-            base,
-            dir,
-            database_url,
-            _pg: pg,
-            http: reqwest::Client::new(),
-        }
+        Self { child, base, dir, database_url, _pg: pg, http: reqwest::Client::new() }
     }
 
     pub fn graphql_url(&self) -> String {
@@ -215,10 +169,7 @@ impl Server {
         let err = &body["errors"][0];
         assert!(!err.is_null(), "expected an error: {body}");
         (
-            err["extensions"]["code"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            err["extensions"]["code"].as_str().unwrap_or_default().to_owned(),
             err["message"].as_str().unwrap_or_default().to_owned(),
         )
     }
@@ -226,12 +177,12 @@ impl Server {
     /// Submits a workflow; returns its id.
     pub async fn submit(&self, input: Value) -> String {
         let data = self
-            .data("mutation($input: SubmitWorkflowInput!) { submitWorkflow(input: $input) { id status } }", json!({ "input": input }))
+            .data(
+                "mutation($input: SubmitWorkflowInput!) { submitWorkflow(input: $input) { id status } }",
+                json!({ "input": input }),
+            )
             .await;
-        data["submitWorkflow"]["id"]
-            .as_str()
-            .expect("id")
-            .to_owned()
+        data["submitWorkflow"]["id"].as_str().expect("id").to_owned()
     }
 
     pub async fn workflow(&self, id: &str) -> Value {
@@ -247,12 +198,12 @@ impl Server {
     /// The stored events of a workflow.
     pub async fn events(&self, id: &str) -> Vec<Value> {
         let data = self
-            .data("query($id: ID!) { workflow(id: $id) { events { sequence type taskKey at data } } }", json!({ "id": id }))
+            .data(
+                "query($id: ID!) { workflow(id: $id) { events { sequence type taskKey at data } } }",
+                json!({ "id": id }),
+            )
             .await;
-        data["workflow"]["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        data["workflow"]["events"].as_array().cloned().unwrap_or_default()
     }
 
     /// Opens a graphql-transport-ws subscription.
@@ -271,10 +222,7 @@ impl Server {
         let events = tokio::time::timeout(timeout, sub.collect_until_complete())
             .await
             .unwrap_or_else(|_| panic!("workflow {id} did not finish within {timeout:?}"));
-        events
-            .into_iter()
-            .map(|e| e["workflowEvents"].clone())
-            .collect()
+        events.into_iter().map(|e| e["workflowEvents"].clone()).collect()
     }
 
     /// Starts a separate worker process on this server's database.
@@ -292,20 +240,12 @@ impl Server {
 
     /// Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
+        self.http.get(format!("{}/metrics", self.base)).send().await.expect("metrics").text().await.expect("text")
     }
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -318,10 +258,7 @@ impl Server {
         let text = self.metrics().await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
+            .find_map(|l| l.strip_prefix(name).filter(|rest| rest.starts_with(' ') || rest.starts_with('{')))
             .and_then(|rest| rest.rsplit(' ').next())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
@@ -333,9 +270,7 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().expect("wait")
     }
 }
@@ -349,28 +284,15 @@ impl Drop for Server {
 
 /// A graphql-transport-ws subscription.
 pub struct Subscription {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Subscription {
     pub async fn open(ws_base: &str, query: &str, variables: Value) -> Self {
-        let mut req = format!("{ws_base}/graphql/ws")
-            .into_client_request()
-            .expect("ws request");
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "graphql-transport-ws".parse().expect("header"),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("websocket connect");
-        ws.send(Message::text(
-            json!({ "type": "connection_init", "payload": {} }).to_string(),
-        ))
-        .await
-        .expect("init");
+        let mut req = format!("{ws_base}/graphql/ws").into_client_request().expect("ws request");
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");
+        ws.send(Message::text(json!({ "type": "connection_init", "payload": {} }).to_string())).await.expect("init");
         loop {
             let msg = ws.next().await.expect("ack").expect("ack frame");
             if let Message::Text(t) = msg {
@@ -380,9 +302,7 @@ impl Subscription {
             }
         }
         let sub = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } });
-        ws.send(Message::text(sub.to_string()))
-            .await
-            .expect("subscribe");
+        ws.send(Message::text(sub.to_string())).await.expect("subscribe");
         Self { ws }
     }
 
@@ -395,19 +315,13 @@ impl Subscription {
                     let v: Value = serde_json::from_str(&t).expect("json");
                     match v["type"].as_str() {
                         Some("next") => {
-                            assert!(
-                                v["payload"].get("errors").is_none(),
-                                "subscription error: {v}"
-                            );
+                            assert!(v["payload"].get("errors").is_none(), "subscription error: {v}");
                             return Some(v["payload"]["data"].clone());
                         }
                         Some("complete") => return None,
                         Some("error") => panic!("subscription error: {v}"),
                         Some("ping") => {
-                            let _ = self
-                                .ws
-                                .send(Message::text(json!({ "type": "pong" }).to_string()))
-                                .await;
+                            let _ = self.ws.send(Message::text(json!({ "type": "pong" }).to_string())).await;
                         }
                         _ => {}
                     }
@@ -442,19 +356,12 @@ impl Subscription {
 
 /// Event types of a list of events.
 pub fn types(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    events.iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect()
 }
 
 /// Asserts sequences are 1..=n (or start..) without gap or duplicate.
 pub fn assert_gapless(events: &[Value], first: i64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(
-            e["sequence"].as_i64(),
-            Some(first + i as i64),
-            "gap or duplicate at index {i}: {events:?}"
-        );
+        assert_eq!(e["sequence"].as_i64(), Some(first + i as i64), "gap or duplicate at index {i}: {events:?}");
     }
 }

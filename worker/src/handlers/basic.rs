@@ -37,9 +37,7 @@ impl Handler for Sleep {
             .payload
             .get("ms")
             .and_then(Json::as_u64)
-            .ok_or_else(|| {
-                HandlerError::new("sleep expects a payload {\"ms\": <non-negative integer>}")
-            })?;
+            .ok_or_else(|| HandlerError::new("sleep expects a payload {\"ms\": <non-negative integer>}"))?;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "sleptMs": ms })),
             _ = ctx.cancel.cancelled() => Err(HandlerError::new("cancelled")),
@@ -53,18 +51,13 @@ pub struct Fail;
 #[async_trait]
 impl Handler for Fail {
     async fn run(&self, ctx: TaskContext) -> Result<Json, HandlerError> {
-        let message = ctx
-            .payload
-            .get("message")
-            .and_then(Json::as_str)
-            .unwrap_or("failed on purpose")
-            .to_owned();
+        let message = ctx.payload.get("message").and_then(Json::as_str).unwrap_or("failed on purpose").to_owned();
         match ctx.payload.get("failTimes") {
             None | Some(Json::Null) => Err(HandlerError(message)),
             Some(v) => {
-                let times = v.as_u64().ok_or_else(|| {
-                    HandlerError::new("fail expects failTimes to be a non-negative integer")
-                })?;
+                let times = v
+                    .as_u64()
+                    .ok_or_else(|| HandlerError::new("fail expects failTimes to be a non-negative integer"))?;
                 if u64::from(ctx.attempt) > times {
                     Ok(json!({ "attempt": ctx.attempt }))
                 } else {

@@ -25,11 +25,7 @@ struct HostState {
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, reset: Duration) -> Self {
-        Self {
-            threshold: threshold.max(1),
-            reset,
-            hosts: Mutex::new(HashMap::new()),
-        }
+        Self { threshold: threshold.max(1), reset, hosts: Mutex::new(HashMap::new()) }
     }
 
     /// Whether a request to `host` may go out now.
@@ -73,10 +69,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(threshold: u32, reset: Duration) -> Self {
-        Self {
-            client: reqwest::Client::new(),
-            breaker: CircuitBreaker::new(threshold, reset),
-        }
+        Self { client: reqwest::Client::new(), breaker: CircuitBreaker::new(threshold, reset) }
     }
 }
 
@@ -87,29 +80,19 @@ const USAGE: &str = "http expects a payload {\"url\": string, \"method\"?: strin
 impl Handler for Http {
     async fn run(&self, ctx: TaskContext) -> Result<Json, HandlerError> {
         let p = &ctx.payload;
-        let url_text = p
-            .get("url")
-            .and_then(Json::as_str)
-            .ok_or_else(|| HandlerError::new(USAGE))?;
-        let url = reqwest::Url::parse(url_text)
-            .map_err(|e| HandlerError(format!("http: invalid url `{url_text}`: {e}")))?;
+        let url_text = p.get("url").and_then(Json::as_str).ok_or_else(|| HandlerError::new(USAGE))?;
+        let url =
+            reqwest::Url::parse(url_text).map_err(|e| HandlerError(format!("http: invalid url `{url_text}`: {e}")))?;
         let host = url.host_str().unwrap_or_default().to_owned();
-        let method_text = p
-            .get("method")
-            .and_then(Json::as_str)
-            .unwrap_or("GET")
-            .to_uppercase();
+        let method_text = p.get("method").and_then(Json::as_str).unwrap_or("GET").to_uppercase();
         let method = reqwest::Method::from_bytes(method_text.as_bytes())
             .map_err(|_| HandlerError(format!("http: invalid method `{method_text}`")))?;
         let mut req = self.client.request(method, url);
         if let Some(headers) = p.get("headers") {
-            let headers = headers
-                .as_object()
-                .ok_or_else(|| HandlerError::new(USAGE))?;
+            let headers = headers.as_object().ok_or_else(|| HandlerError::new(USAGE))?;
             for (name, value) in headers {
-                let value = value.as_str().ok_or_else(|| {
-                    HandlerError(format!("http: header `{name}` must be a string"))
-                })?;
+                let value =
+                    value.as_str().ok_or_else(|| HandlerError(format!("http: header `{name}` must be a string")))?;
                 req = req.header(name.as_str(), value);
             }
         }
@@ -120,9 +103,7 @@ impl Handler for Http {
         }
         let expect = p.get("expectStatus").and_then(Json::as_u64);
         if !self.breaker.allow(&host) {
-            return Err(HandlerError(format!(
-                "http: circuit open for host `{host}` after repeated failures"
-            )));
+            return Err(HandlerError(format!("http: circuit open for host `{host}` after repeated failures")));
         }
         let response = tokio::select! {
             r = req.send() => r,
@@ -132,26 +113,16 @@ impl Handler for Http {
             Ok(r) => r,
             Err(e) => {
                 self.breaker.record(&host, false);
-                return Err(HandlerError(format!(
-                    "http: request to `{host}` failed: {e}"
-                )));
+                return Err(HandlerError(format!("http: request to `{host}` failed: {e}")));
             }
         };
         let status = response.status().as_u16();
         let headers: serde_json::Map<String, Json> = response
             .headers()
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    Json::String(v.to_str().unwrap_or_default().to_owned()),
-                )
-            })
+            .map(|(k, v)| (k.as_str().to_owned(), Json::String(v.to_str().unwrap_or_default().to_owned())))
             .collect();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| HandlerError(format!("http: reading the body failed: {e}")))?;
+        let bytes = response.bytes().await.map_err(|e| HandlerError(format!("http: reading the body failed: {e}")))?;
         let body = serde_json::from_slice::<Json>(&bytes)
             .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&bytes).into_owned()));
         let server_error = status >= 500;
@@ -161,13 +132,7 @@ impl Handler for Http {
             None => (200..300).contains(&status),
         };
         let result = json!({ "status": status, "headers": headers, "body": body });
-        if ok {
-            Ok(result)
-        } else {
-            Err(HandlerError(format!(
-                "http: unexpected status {status} from `{host}`"
-            )))
-        }
+        if ok { Ok(result) } else { Err(HandlerError(format!("http: unexpected status {status} from `{host}`"))) }
     }
 }
 

@@ -11,14 +11,9 @@ pub struct Shell;
 #[async_trait]
 impl Handler for Shell {
     async fn run(&self, ctx: TaskContext) -> Result<Json, HandlerError> {
-        let program = ctx
-            .payload
-            .get("program")
-            .and_then(Json::as_str)
-            .ok_or_else(|| {
-                HandlerError::new(
-                    "shell expects a payload {\"program\": string, \"args\": [string]}",
-                )
+        let program =
+            ctx.payload.get("program").and_then(Json::as_str).ok_or_else(|| {
+                HandlerError::new("shell expects a payload {\"program\": string, \"args\": [string]}")
             })?;
         let args: Vec<String> = match ctx.payload.get("args") {
             None | Some(Json::Null) => Vec::new(),
@@ -51,8 +46,6 @@ pub struct ShellDisabled;
 #[async_trait]
 impl Handler for ShellDisabled {
     async fn run(&self, _ctx: TaskContext) -> Result<Json, HandlerError> {
-        Err(HandlerError::new(
-            "the shell handler is disabled: start the worker with --allow-shell to enable it",
-        ))
+        Err(HandlerError::new("the shell handler is disabled: start the worker with --allow-shell to enable it"))
     }
 }

@@ -11,46 +11,22 @@ pub struct WorkflowMutation;
 
 async fn act(ctx: &Context<'_>, id: ID, action: Action) -> Result<Workflow> {
     let id = parse_workflow_id(&id)?;
-    Ok(Workflow(
-        ctx.data::<Engine>()?
-            .act(id, action)
-            .await
-            .map_err(from_engine)?,
-    ))
+    Ok(Workflow(ctx.data::<Engine>()?.act(id, action).await.map_err(from_engine)?))
 }
 
-async fn act_many(
-    ctx: &Context<'_>,
-    filter: Option<WorkflowFilter>,
-    action: Action,
-) -> Result<i32> {
+async fn act_many(ctx: &Context<'_>, filter: Option<WorkflowFilter>, action: Action) -> Result<i32> {
     let f = filter.unwrap_or_default();
-    let filter = Filter {
-        status: f.status.map(Into::into),
-        name: f.name,
-    };
-    let n = ctx
-        .data::<Engine>()?
-        .act_many(&filter, action)
-        .await
-        .map_err(from_engine)?;
+    let filter = Filter { status: f.status.map(Into::into), name: f.name };
+    let n = ctx.data::<Engine>()?.act_many(&filter, action).await.map_err(from_engine)?;
     Ok(i32::try_from(n).unwrap_or(i32::MAX))
 }
 
 #[Object]
 impl WorkflowMutation {
     /// Validates, stores and starts a workflow. Nothing is written when the input is refused.
-    async fn submit_workflow(
-        &self,
-        ctx: &Context<'_>,
-        input: SubmitWorkflowInput,
-    ) -> Result<Workflow> {
+    async fn submit_workflow(&self, ctx: &Context<'_>, input: SubmitWorkflowInput) -> Result<Workflow> {
         let spec = input.into_spec().map_err(|e| invalid(e.to_string()))?;
-        let record = ctx
-            .data::<Engine>()?
-            .submit(spec)
-            .await
-            .map_err(from_engine)?;
+        let record = ctx.data::<Engine>()?.submit(spec).await.map_err(from_engine)?;
         Ok(Workflow(record))
     }
 
@@ -77,38 +53,22 @@ impl WorkflowMutation {
     }
 
     /// Cancels every matching workflow that can be cancelled; returns how many were.
-    async fn cancel_workflows(
-        &self,
-        ctx: &Context<'_>,
-        filter: Option<WorkflowFilter>,
-    ) -> Result<i32> {
+    async fn cancel_workflows(&self, ctx: &Context<'_>, filter: Option<WorkflowFilter>) -> Result<i32> {
         act_many(ctx, filter, Action::Cancel).await
     }
 
     /// Pauses every matching RUNNING workflow; returns how many were.
-    async fn pause_workflows(
-        &self,
-        ctx: &Context<'_>,
-        filter: Option<WorkflowFilter>,
-    ) -> Result<i32> {
+    async fn pause_workflows(&self, ctx: &Context<'_>, filter: Option<WorkflowFilter>) -> Result<i32> {
         act_many(ctx, filter, Action::Pause).await
     }
 
     /// Resumes every matching PAUSED workflow; returns how many were.
-    async fn resume_workflows(
-        &self,
-        ctx: &Context<'_>,
-        filter: Option<WorkflowFilter>,
-    ) -> Result<i32> {
+    async fn resume_workflows(&self, ctx: &Context<'_>, filter: Option<WorkflowFilter>) -> Result<i32> {
         act_many(ctx, filter, Action::Resume).await
     }
 
     /// Retries every matching workflow that can be retried; returns how many were.
-    async fn retry_workflows(
-        &self,
-        ctx: &Context<'_>,
-        filter: Option<WorkflowFilter>,
-    ) -> Result<i32> {
+    async fn retry_workflows(&self, ctx: &Context<'_>, filter: Option<WorkflowFilter>) -> Result<i32> {
         act_many(ctx, filter, Action::Retry).await
     }
 }

@@ -18,12 +18,7 @@ impl WorkflowQuery {
     /// One workflow by id; null when there is none.
     async fn workflow(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Workflow>> {
         let id = parse_workflow_id(&id)?;
-        Ok(ctx
-            .data::<Engine>()?
-            .workflow(id)
-            .await
-            .map_err(from_engine)?
-            .map(Workflow))
+        Ok(ctx.data::<Engine>()?.workflow(id).await.map_err(from_engine)?.map(Workflow))
     }
 
     /// Workflows, newest first, as a Relay cursor connection (`first` defaults to 20, at most 1000).
@@ -36,42 +31,23 @@ impl WorkflowQuery {
     ) -> Result<Connection<String, Workflow, EmptyFields, EmptyFields>> {
         let first = first.unwrap_or(20);
         if !(0..=MAX_PAGE).contains(&first) {
-            return Err(invalid(format!(
-                "`first` must be between 0 and {MAX_PAGE}, got {first}"
-            )));
+            return Err(invalid(format!("`first` must be between 0 and {MAX_PAGE}, got {first}")));
         }
         let after = match after {
             None => None,
-            Some(c) => Some(
-                c.parse()
-                    .map_err(|_| invalid(format!("`{c}` is not a valid cursor")))?,
-            ),
+            Some(c) => Some(c.parse().map_err(|_| invalid(format!("`{c}` is not a valid cursor")))?),
         };
         let filter = filter.unwrap_or_default();
-        let filter = Filter {
-            status: filter.status.map(Into::into),
-            name: filter.name,
-        };
-        let page = ctx
-            .data::<Engine>()?
-            .workflows(&filter, after, first as u64)
-            .await
-            .map_err(from_engine)?;
+        let filter = Filter { status: filter.status.map(Into::into), name: filter.name };
+        let page = ctx.data::<Engine>()?.workflows(&filter, after, first as u64).await.map_err(from_engine)?;
         let node = ctx.look_ahead().field("edges").field("node");
         if node.field("tasks").exists() || node.field("task").exists() {
             // One statement for the tasks of the whole page; the per-workflow resolvers then read the cache.
             let ids: Vec<_> = page.items.iter().map(|w| w.id).collect();
-            ctx.data::<TaskLoaderCached>()?
-                .load_many(ids)
-                .await
-                .map_err(|e| (*e).clone())?;
+            ctx.data::<TaskLoaderCached>()?.load_many(ids).await.map_err(|e| (*e).clone())?;
         }
         let mut conn = Connection::new(after.is_some(), page.has_next_page);
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|w| Edge::new(w.id.to_string(), Workflow(w))),
-        );
+        conn.edges.extend(page.items.into_iter().map(|w| Edge::new(w.id.to_string(), Workflow(w))));
         Ok(conn)
     }
 }

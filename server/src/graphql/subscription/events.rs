@@ -115,9 +115,8 @@ impl EventSubscription {
     ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
         let engine = ctx.data::<Engine>()?.clone();
         let filter = filter.unwrap_or_default();
-        let types: Option<HashSet<taskorch_domain::EventType>> = filter
-            .types
-            .map(|t| t.into_iter().map(Into::into).collect());
+        let types: Option<HashSet<taskorch_domain::EventType>> =
+            filter.types.map(|t| t.into_iter().map(Into::into).collect());
         let name = filter.workflow_name;
         let mut live = engine.bus().subscribe();
         let guard = ctx.data::<ActiveSubscriptions>()?.enter();

@@ -30,11 +30,7 @@ impl From<&EventRecord> for WorkflowEvent {
             workflow_id: ID(e.workflow_id.to_string()),
             task_key: e.task_key.clone(),
             at: e.at,
-            data: if e.data.is_null() {
-                None
-            } else {
-                Some(Json(e.data.clone()))
-            },
+            data: if e.data.is_null() { None } else { Some(Json(e.data.clone())) },
         }
     }
 }

@@ -77,17 +77,8 @@ fn retry(key: &str, input: Option<RetryPolicyInput>) -> Result<RetryPolicy, dag:
     let Some(r) = input else {
         return Ok(RetryPolicy::default());
     };
-    RetryPolicy::from_parts(
-        r.max_attempts,
-        r.initial_delay_ms,
-        r.multiplier,
-        r.max_delay_ms,
-        r.jitter,
-    )
-    .map_err(|source| dag::Error::InvalidRetry {
-        key: key.to_owned(),
-        source,
-    })
+    RetryPolicy::from_parts(r.max_attempts, r.initial_delay_ms, r.multiplier, r.max_delay_ms, r.jitter)
+        .map_err(|source| dag::Error::InvalidRetry { key: key.to_owned(), source })
 }
 
 impl SubmitWorkflowInput {
@@ -120,10 +111,6 @@ impl SubmitWorkflowInput {
                 })
             })
             .collect::<Result<Vec<_>, dag::Error>>()?;
-        Ok(WorkflowSpec {
-            name: self.name,
-            idempotency_key: self.idempotency_key,
-            tasks,
-        })
+        Ok(WorkflowSpec { name: self.name, idempotency_key: self.idempotency_key, tasks })
     }
 }

@@ -13,9 +13,6 @@ pub use task::Task;
 pub use workflow::Workflow;
 
 /// Parses a workflow id argument.
-pub fn parse_workflow_id(
-    id: &async_graphql::ID,
-) -> async_graphql::Result<taskorch_domain::WorkflowId> {
-    id.parse()
-        .map_err(|_| crate::error::invalid(format!("`{}` is not a workflow id", id.as_str())))
+pub fn parse_workflow_id(id: &async_graphql::ID) -> async_graphql::Result<taskorch_domain::WorkflowId> {
+    id.parse().map_err(|_| crate::error::invalid(format!("`{}` is not a workflow id", id.as_str())))
 }

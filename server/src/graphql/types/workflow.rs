@@ -46,35 +46,18 @@ impl Workflow {
     }
     /// Its tasks, in definition order.
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
-        let tasks = ctx
-            .data::<TaskLoaderCached>()?
-            .load_one(self.0.id)
-            .await
-            .map_err(|e| (*e).clone())?;
-        Ok(tasks
-            .map(|t| t.iter().cloned().map(Task).collect())
-            .unwrap_or_default())
+        let tasks = ctx.data::<TaskLoaderCached>()?.load_one(self.0.id).await.map_err(|e| (*e).clone())?;
+        Ok(tasks.map(|t| t.iter().cloned().map(Task).collect()).unwrap_or_default())
     }
     /// One task by key.
     async fn task(&self, ctx: &Context<'_>, key: String) -> Result<Option<Task>> {
-        let tasks = ctx
-            .data::<TaskLoaderCached>()?
-            .load_one(self.0.id)
-            .await
-            .map_err(|e| (*e).clone())?;
+        let tasks = ctx.data::<TaskLoaderCached>()?.load_one(self.0.id).await.map_err(|e| (*e).clone())?;
         Ok(tasks.and_then(|t| t.iter().find(|t| t.key == key).cloned().map(Task)))
     }
     /// Its events after `afterSequence` (default 0), in order.
-    async fn events(
-        &self,
-        ctx: &Context<'_>,
-        after_sequence: Option<i64>,
-    ) -> Result<Vec<WorkflowEvent>> {
+    async fn events(&self, ctx: &Context<'_>, after_sequence: Option<i64>) -> Result<Vec<WorkflowEvent>> {
         let engine = ctx.data::<Engine>()?;
-        let events = engine
-            .events(self.0.id, after_sequence.unwrap_or(0), u64::MAX >> 1)
-            .await
-            .map_err(from_engine)?;
+        let events = engine.events(self.0.id, after_sequence.unwrap_or(0), u64::MAX >> 1).await.map_err(from_engine)?;
         Ok(events.iter().map(WorkflowEvent::from).collect())
     }
 }

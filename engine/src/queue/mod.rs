@@ -1,5 +1,10 @@
-//! The task queue port and its in-process implementation: a priority queue within one process. A message only
-//! says "this task may be claimed at this fence"; the claim itself is a conditional update in the database.
+//! The task queue port and its implementations: [`InProcessQueue`] (a priority queue within one process, the
+//! embedded default) and [`RabbitMqQueue`]. A message only says "this task may be claimed at this fence"; the
+//! claim itself is a conditional update in the database.
+
+mod rabbitmq;
+
+pub use rabbitmq::{RabbitMqOptions, RabbitMqQueue};
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -33,9 +38,7 @@ pub struct Dispatch {
 
 impl Ord for Dispatch {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.seq.cmp(&self.seq))
+        self.priority.cmp(&other.priority).then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -45,15 +48,47 @@ impl PartialOrd for Dispatch {
     }
 }
 
+/// Acknowledges a delivered message once its outcome is committed.
+#[async_trait]
+pub trait AckHandle: Send + Sync {
+    async fn ack(&self);
+}
+
+/// A message taken from the queue.
+pub struct Delivery {
+    pub dispatch: Dispatch,
+    ack: Option<Box<dyn AckHandle>>,
+}
+
+impl Delivery {
+    /// A delivery that needs no acknowledgement (in-process).
+    pub fn unacked(dispatch: Dispatch) -> Self {
+        Self { dispatch, ack: None }
+    }
+
+    pub fn with_ack(dispatch: Dispatch, ack: Box<dyn AckHandle>) -> Self {
+        Self { dispatch, ack: Some(ack) }
+    }
+
+    /// Splits the message from its acknowledgement.
+    pub fn into_parts(self) -> (Dispatch, Option<Box<dyn AckHandle>>) {
+        (self.dispatch, self.ack)
+    }
+}
+
 /// Carries dispatches from the dispatcher to workers.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
-    /// Hands tasks to the queue; returns once the queue holds them.
+    /// Hands tasks to the queue; returns once the queue holds them durably (publisher confirms).
     async fn publish(&self, batch: Vec<Dispatch>) -> Result<(), QueueError>;
     /// Waits for at least one message and returns up to `max`, highest priority first.
-    async fn receive(&self, max: usize) -> Result<Vec<Dispatch>, QueueError>;
-    /// Messages waiting, if the queue knows.
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError>;
+    /// Messages waiting here, when this process holds them (0 when the broker holds them).
     fn backlog(&self) -> usize;
+    /// Whether the queue can take and hand out messages now.
+    async fn healthy(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +123,7 @@ impl TaskQueue for InProcessQueue {
         Ok(())
     }
 
-    async fn receive(&self, max: usize) -> Result<Vec<Dispatch>, QueueError> {
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
         loop {
             let notified = self.ready.notified();
             {
@@ -97,7 +132,7 @@ impl TaskQueue for InProcessQueue {
                     let mut out = Vec::with_capacity(max.min(heap.len()));
                     while out.len() < max {
                         match heap.pop() {
-                            Some(d) => out.push(d),
+                            Some(d) => out.push(Delivery::unacked(d)),
                             None => break,
                         }
                     }
@@ -132,16 +167,8 @@ mod tests {
     #[tokio::test]
     async fn higher_priority_first_then_fifo() {
         let q = InProcessQueue::new();
-        q.publish(vec![d(5, 1), d(5, 2), d(9, 3), d(0, 4)])
-            .await
-            .unwrap();
-        let got: Vec<(i16, u64)> = q
-            .receive(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| (d.priority, d.seq))
-            .collect();
+        q.publish(vec![d(5, 1), d(5, 2), d(9, 3), d(0, 4)]).await.unwrap();
+        let got: Vec<(i16, u64)> = q.receive(10).await.unwrap().iter().map(|d| (d.priority, d.seq)).collect();
         assert_eq!(got, vec![(9, 3), (5, 1), (5, 2), (0, 4)]);
     }
 

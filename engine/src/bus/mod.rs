@@ -1,5 +1,9 @@
-//! The event bus port and its in-process implementation. Events are published only after their transaction
-//! committed; the bus carries notifications, the database keeps the truth.
+//! The event bus port and its implementations: [`InProcessEventBus`] and [`RedisEventBus`]. Events are published
+//! only after their transaction committed; the bus carries notifications, the database keeps the truth.
+
+mod redis;
+
+pub use self::redis::RedisEventBus;
 
 use std::sync::Arc;
 
@@ -14,6 +18,10 @@ pub trait EventBus: Send + Sync + 'static {
     /// A receiver of every event published from now on. A receiver that lags gets `Lagged` and must re-read
     /// from the database.
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;
+    /// Whether events published now reach other processes.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Broadcast within one process.
