@@ -32,8 +32,11 @@ pub struct Database {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
     pub backend: DbBackend,
-    statements: Arc<AtomicU64>,
+    statements: Arc<[AtomicU64; 2]>,
 }
+
+const WRITE: usize = 0;
+const READ: usize = 1;
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_URL: &str = "sqlite://taskorch.db?mode=rwc";
@@ -74,23 +77,20 @@ impl Database {
     }
 
     fn counted(mut write: DatabaseConnection, mut read: DatabaseConnection, backend: DbBackend) -> Self {
-        let statements = Arc::new(AtomicU64::new(0));
-        let counter = statements.clone();
-        write.set_metric_callback(move |i| {
-            tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-        let counter = statements.clone();
-        read.set_metric_callback(move |i| {
-            tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
+        let statements: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        for (pool, conn) in [(WRITE, &mut write), (READ, &mut read)] {
+            let counter = statements.clone();
+            conn.set_metric_callback(move |i| {
+                tracing::trace!(target: "taskorch::sql", elapsed_us = i.elapsed.as_micros() as u64, sql = %i.statement.sql);
+                counter[pool].fetch_add(1, Ordering::Relaxed);
+            });
+        }
         Self { write, read, backend, statements }
     }
 
-    /// SQL statements executed by this process so far.
-    pub fn statements_executed(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+    /// SQL statements executed by this process so far on the write pool and on the read pool.
+    pub fn statements_executed(&self) -> (u64, u64) {
+        (self.statements[WRITE].load(Ordering::Relaxed), self.statements[READ].load(Ordering::Relaxed))
     }
 
     /// Applies pending migrations.

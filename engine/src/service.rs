@@ -114,12 +114,12 @@ impl Engine {
 
     /// Applies an operator action (cancel, pause, resume, retry) and returns the workflow as it is now.
     pub async fn act(&self, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
-        let events = self.inner.store.apply_action(id, action).await?;
+        let (record, events) = self.inner.store.apply_action(id, action).await?;
         self.inner.bus.publish(events);
         if matches!(action, Action::Resume | Action::Retry) {
             self.wake_dispatcher();
         }
-        self.inner.store.workflow(id).await?.ok_or_else(|| Error::NotFound { what: "workflow", id: id.to_string() })
+        Ok(record)
     }
 
     /// Applies an action to every workflow matching `filter` for which it is allowed; returns how many changed.

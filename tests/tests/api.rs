@@ -237,9 +237,9 @@ async fn task_lists_of_a_page_cost_a_constant_number_of_statements() {
 async fn statements(server: &Server) -> u64 {
     let text = server.metrics().await;
     text.lines()
-        .find_map(|l| l.strip_prefix("taskorch_db_statements_total "))
+        .find_map(|l| l.strip_prefix("taskorch_db_statements_total{pool=\"read\"} "))
         .and_then(|v| v.trim().parse().ok())
-        .expect("taskorch_db_statements_total in /metrics")
+        .expect("taskorch_db_statements_total{pool=\"read\"} in /metrics")
 }
 
 #[tokio::test]

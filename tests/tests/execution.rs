@@ -261,11 +261,7 @@ async fn sigterm_lets_running_attempts_finish_and_exits_cleanly() {
 
 /// Reads a workflow's status after its server stopped, through a second server on the same database.
 async fn rusqlite_free_status(stopped: &Server, id: &str) -> String {
-    let again = Server::start_with(ServerOptions {
-        worker: false,
-        env: vec![("TASKORCH_DATABASE_URL".into(), stopped.database_url.clone())],
-    })
-    .await;
+    let again = stopped.sibling(ServerOptions { worker: false, env: vec![] }).await;
     again.workflow(id).await["status"].as_str().unwrap().to_owned()
 }
 
@@ -285,11 +281,7 @@ async fn attempts_that_cannot_finish_in_the_grace_period_are_released_and_rerun(
         }
     }
     assert!(server.terminate().success());
-    let again = Server::start_with(ServerOptions {
-        worker: true,
-        env: vec![("TASKORCH_DATABASE_URL".into(), server.database_url.clone())],
-    })
-    .await;
+    let again = server.sibling(ServerOptions::default()).await;
     let events = again.wait_finished(&id, MINUTE).await;
     let t = types(&events);
     assert_eq!(

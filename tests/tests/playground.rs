@@ -2,9 +2,9 @@
 //! on this machine (nothing may come from the network), a subscription typed into it shows the workflow's events
 //! live, and the run leaves a screenshot in test-artifacts/playground.png (ignored by git).
 //!
-//! The browser is driven by web-playground/e2e/playground.mjs (playwright-core + the system Chromium). Needs, once:
-//! `apt-get install -y chromium nodejs` and `cd web-playground && npm ci`. Missing tools fail the test; they are
-//! never a reason to skip it.
+//! The browser is driven by web-playground/e2e/playground.mjs (playwright-core + the system Chromium; no browser is
+//! ever downloaded). Needs Node.js >= 20, `apt-get install -y chromium` (or CHROMIUM=<path>) and
+//! `cd web-playground && npm ci`. Missing tools fail the test; they are never a reason to skip it.
 
 mod common;
 
@@ -17,8 +17,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const SETUP: &str = "install the browser test's tools with `apt-get install -y chromium nodejs` \
-                     and `cd web-playground && npm ci`";
+const SETUP: &str = "the browser test needs Node.js >= 20 on PATH (Debian 12's own nodejs is 18: use NodeSource's), \
+                     Chromium (`apt-get install -y chromium`, or CHROMIUM=<path>) and `cd web-playground && npm ci`";
 
 fn repo() -> PathBuf {
     std::fs::canonicalize(REPO).unwrap_or_else(|_| Path::new(REPO).to_path_buf())
@@ -30,8 +30,15 @@ fn chromium() -> PathBuf {
 
 /// Fails, with what to install, when node, Chromium or playwright-core is missing.
 fn require_tools() {
-    let node = Command::new("node").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    assert!(node.is_ok_and(|s| s.success()), "`node` is not on PATH: {SETUP}");
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| panic!("`node` is not on PATH: {SETUP}"));
+    let major: u32 = version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    assert!(major >= 20, "node {version} is too old: {SETUP}");
     let chromium = chromium();
     assert!(chromium.is_file(), "no Chromium at {} (or set CHROMIUM=<path>): {SETUP}", chromium.display());
     let playwright = repo().join("web-playground/node_modules/playwright-core/package.json");

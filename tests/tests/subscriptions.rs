@@ -167,9 +167,10 @@ async fn a_failed_compensation_resumes_with_retry_workflow() {
     assert_eq!(first.last().unwrap()["data"]["error"], "refund API down");
     assert_eq!(server.workflow(&id).await["status"], "COMPENSATION_FAILED");
 
-    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let retried = server.data("mutation($id: ID!) { retryWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(retried["retryWorkflow"]["status"], "COMPENSATING");
+    // Subscribing after the mutation: the log replays what already happened, the rest streams live.
+    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let mut seen = Vec::new();
     rest(&mut sub, &mut seen).await;
     assert_eq!(
@@ -293,9 +294,9 @@ async fn retry_workflow_reruns_failed_and_downstream_and_keeps_completed_results
     let first = server.wait_finished(&id, MINUTE).await;
     assert_eq!(first.last().unwrap()["type"], "WORKFLOW_FAILED");
     let a_finished = server.workflow(&id).await["tasks"][0]["finishedAt"].clone();
-    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let data = server.data("mutation($id: ID!) { retryWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["retryWorkflow"]["status"], "RUNNING");
+    let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let mut seen = Vec::new();
     rest(&mut sub, &mut seen).await;
     assert_eq!(

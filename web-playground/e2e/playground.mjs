@@ -3,17 +3,22 @@
 // Usage: node web-playground/e2e/playground.mjs <baseUrl> <workflowId> <screenshotPath>
 //
 // Opens <baseUrl>/playground in a fresh browser profile (fresh localStorage), replaces the query editor's
-// content with a `workflowEvents` subscription for <workflowId>, presses the run button and watches the
-// result pane until it has shown TASK_STARTED and, later, WORKFLOW_COMPLETED, in at least two different
-// renderings (so the pane updated live). Any request to a host other than <baseUrl>'s fails the run: the
-// playground must work with no network. Writes a full-page screenshot to <screenshotPath>.
+// content with a `workflowEvents` subscription for <workflowId> (then prettifies it), presses the run button
+// and watches the result pane until it has shown TASK_STARTED and, in a later rendering, WORKFLOW_COMPLETED.
+// The pane must have updated live: polls saw at least two different texts, and at least once it showed an
+// event for >= 250 ms before the next one replaced it (a finished workflow's replayed history arrives in one
+// burst and fails this check). Any request to a host other than <baseUrl>'s fails the run: the playground
+// must work with no network. Writes a full-page screenshot to <screenshotPath> (also on most failures).
 //
-// Uses the system Chromium (CHROMIUM env var, default /usr/bin/chromium) through playwright-core; it never
-// downloads a browser. Exit code 0 on success; 1 with a message on stderr otherwise.
+// Prints "[playground-e2e] SUBSCRIBED: ..." once the pane shows the first event, so a caller can hold the
+// workflow back until then (tests/tests/playground.rs starts the worker at that line), and the event types
+// observed. Uses the system Chromium (CHROMIUM env var, default /usr/bin/chromium) through playwright-core;
+// it never downloads a browser. Exit code 0 on success; 1 (2 for bad usage) with a message on stderr.
 
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { parse, print } from 'graphql';
 import { chromium } from 'playwright-core';
 
 const [baseArg, workflowId, screenshotPath] = process.argv.slice(2);
@@ -65,7 +70,7 @@ try {
   context = await chromium.launchPersistentContext(profile, {
     executablePath,
     headless: true,
-    viewport: { width: 1400, height: 900 },
+    viewport: { width: 1800, height: 900 },
     args: [
       '--headless',
       '--no-sandbox',
@@ -155,9 +160,11 @@ try {
     .waitForFunction((sel) => document.querySelector(sel).CodeMirror.lineCount() > 1, editorSel, { timeout: 5_000 })
     .catch(() => fail('prettifying the query editor did nothing'));
   const pretty = await page.evaluate((sel) => document.querySelector(sel).CodeMirror.getValue(), editorSel);
-  if (pretty.replace(/\s+/g, ' ').replace(/\( /g, '(').trim() !== QUERY.replace(/\s+/g, ' ')) {
-    log(`prettified query editor:\n${pretty}`);
-  }
+  let same = false;
+  try {
+    same = print(parse(pretty)) === print(parse(QUERY));
+  } catch {}
+  if (!same) fail(`prettifying changed the subscription; the editor holds:\n${pretty}`);
 
   // GraphiQL parses the editor 100 ms after the last change (debounced) and only then forgets the previous
   // document's operation name ("Submit" of the default query); running before that sends the stale name.

@@ -50,19 +50,26 @@ struct HeldAttempt {
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
 /// used by the server and by a separate worker process without a broker). Returns after a graceful stop.
 pub async fn run_embedded(engine: Engine, registry: Arc<Registry>, opts: WorkerOptions, shutdown: CancellationToken) {
-    let queue: Arc<dyn TaskQueue> = Arc::new(InProcessQueue::new());
-    let loops = CancellationToken::new();
+    let local = Arc::new(InProcessQueue::new());
+    let queue: Arc<dyn TaskQueue> = local.clone();
+    // Dispatching stops as soon as the stop begins, so nothing new is handed to a worker that is leaving.
     let dispatcher = tokio::spawn(run_dispatcher(
         engine.clone(),
         queue.clone(),
         DispatcherOptions { kinds: opts.kinds.clone(), max_backlog: opts.concurrency.max(256) * 2 },
-        loops.clone(),
+        shutdown.clone(),
     ));
-    let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, loops.clone()));
-    run_worker(engine, queue, registry, opts, shutdown).await;
-    loops.cancel();
+    let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, shutdown.clone()));
+    run_worker(engine.clone(), queue, registry, opts, shutdown).await;
     let _ = dispatcher.await;
     let _ = reaper.await;
+    // Dispatched but never claimed: make them due again now rather than after the redelivery delay.
+    let left: Vec<_> = local.drain().into_iter().map(|d| d.task_id).collect();
+    if !left.is_empty()
+        && let Err(err) = engine.undispatch(&left).await
+    {
+        tracing::warn!(error = %err, "could not release unclaimed dispatches; they go out after the redelivery delay");
+    }
 }
 
 /// Consumes `queue` until `shutdown`, then stops claiming, lets in-flight attempts finish within the grace

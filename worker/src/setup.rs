@@ -72,20 +72,19 @@ pub async fn run(
         None if worker => run_embedded(engine, registry, opts, shutdown).await,
         None => shutdown.cancelled().await,
         Some(queue) => {
-            let loops = CancellationToken::new();
+            // Dispatching stops as soon as the stop begins; what is in the broker stays there for other workers.
             let dispatcher = tokio::spawn(run_dispatcher(
                 engine.clone(),
                 queue.clone(),
                 DispatcherOptions { kinds: None, max_backlog: usize::MAX },
-                loops.clone(),
+                shutdown.clone(),
             ));
-            let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, loops.clone()));
+            let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, shutdown.clone()));
             if worker {
                 run_worker(engine, queue, registry, opts, shutdown).await;
             } else {
                 shutdown.cancelled().await;
             }
-            loops.cancel();
             let _ = dispatcher.await;
             let _ = reaper.await;
         }

@@ -106,6 +106,11 @@ impl InProcessQueue {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Takes every message still waiting (on shutdown).
+    pub fn drain(&self) -> Vec<Dispatch> {
+        self.heap.lock().map(|mut h| std::mem::take(&mut *h).into_vec()).unwrap_or_default()
+    }
 }
 
 #[async_trait]
@@ -168,7 +173,8 @@ mod tests {
     async fn higher_priority_first_then_fifo() {
         let q = InProcessQueue::new();
         q.publish(vec![d(5, 1), d(5, 2), d(9, 3), d(0, 4)]).await.unwrap();
-        let got: Vec<(i16, u64)> = q.receive(10).await.unwrap().iter().map(|d| (d.priority, d.seq)).collect();
+        let got: Vec<(i16, u64)> =
+            q.receive(10).await.unwrap().iter().map(|d| (d.dispatch.priority, d.dispatch.seq)).collect();
         assert_eq!(got, vec![(9, 3), (5, 1), (5, 2), (0, 4)]);
     }
 

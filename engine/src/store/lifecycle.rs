@@ -1,19 +1,24 @@
 //! Operator actions: cancel, pause, resume and retry, each one transaction with its events.
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
 use serde_json::json;
 use taskorch_domain::lifecycle::{Action, RetryStep, retry_plan};
 use taskorch_domain::{EventType, NewEvent, TaskStatus, WorkflowId, WorkflowStatus};
+use taskorch_entity::workflow;
 use uuid::Uuid;
 
 use super::Store;
 use crate::error::Error;
-use crate::model::EventRecord;
+use crate::model::{EventRecord, WorkflowRecord};
 use crate::time::now_us;
 
 impl Store {
     /// Applies an operator action to a workflow; returns the events written.
-    pub async fn apply_action(&self, id: WorkflowId, action: Action) -> Result<Vec<EventRecord>, Error> {
+    pub async fn apply_action(
+        &self,
+        id: WorkflowId,
+        action: Action,
+    ) -> Result<(WorkflowRecord, Vec<EventRecord>), Error> {
         let now = now_us();
         let wf = id.0;
         let txn = self.db.write.begin().await?;
@@ -69,8 +74,12 @@ impl Store {
             }
         }
         let records = self.append_events(&txn, wf, events, now).await?;
+        let row = workflow::Entity::find_by_id(wf)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::NotFound { what: "workflow", id: id.to_string() })?;
         txn.commit().await?;
-        Ok(records)
+        Ok((row.try_into()?, records))
     }
 
     /// Puts FAILED and CANCELLED tasks back: queued when their dependencies are complete, pending otherwise.

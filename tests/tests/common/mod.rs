@@ -89,8 +89,30 @@ pub struct Server {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub database_url: String,
+    /// Environment shared by every process of this test: database, broker, bus, namespace.
+    pub backend_env: Vec<(String, String)>,
     _pg: Option<PgDatabase>,
     http: reqwest::Client,
+}
+
+/// The production services to use, from `TASKORCH_TEST_AMQP_URL` and `TASKORCH_TEST_REDIS_URL`, with a namespace
+/// of this test's own so tests sharing a broker never see each other's messages.
+fn service_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+    if let Some(url) = std::env::var("TASKORCH_TEST_AMQP_URL").ok().filter(|u| !u.is_empty()) {
+        env.push(("TASKORCH_AMQP_URL".to_owned(), url));
+    }
+    if let Some(url) = std::env::var("TASKORCH_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) {
+        env.push(("TASKORCH_REDIS_URL".to_owned(), url));
+    }
+    env.push(("TASKORCH_NAMESPACE".to_owned(), namespace));
+    env
+}
+
+/// Whether the tests run against RabbitMQ and Redis.
+pub fn production_services() -> bool {
+    std::env::var("TASKORCH_TEST_AMQP_URL").is_ok_and(|u| !u.is_empty())
 }
 
 impl Server {
@@ -106,10 +128,34 @@ impl Server {
             Some(pg) => pg.url.clone(),
             None => format!("sqlite://{}/taskorch.db?mode=rwc", dir.path().display()),
         };
+        let mut backend_env = service_env();
+        backend_env.push(("TASKORCH_DATABASE_URL".to_owned(), database_url.clone()));
+        Self::launch(opts, dir, backend_env, pg).await
+    }
+
+    /// Another server on the same database, broker, bus and namespace (scale-out).
+    pub async fn sibling(&self, opts: ServerOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::launch(opts, dir, self.backend_env.clone(), None).await
+    }
+
+    async fn launch(
+        opts: ServerOptions,
+        dir: tempfile::TempDir,
+        mut backend_env: Vec<(String, String)>,
+        pg: Option<PgDatabase>,
+    ) -> Self {
+        for (k, v) in &opts.env {
+            if let Some(entry) = backend_env.iter_mut().find(|(key, _)| key == k) {
+                entry.1 = v.clone();
+            }
+        }
+        let database_url =
+            backend_env.iter().find(|(k, _)| k == "TASKORCH_DATABASE_URL").map(|(_, v)| v.clone()).unwrap_or_default();
         let mut cmd = Command::new(binary("taskorch"));
         cmd.current_dir(dir.path())
             .env("TASKORCH_LISTEN", "127.0.0.1:0")
-            .env("TASKORCH_DATABASE_URL", &database_url)
+            .envs(backend_env.iter().cloned())
             .env("TASKORCH_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -136,7 +182,7 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .map(|u| u.trim_end_matches("/graphql").to_owned())
             .unwrap_or_else(|| panic!("no URL in the first line of stdout: {line:?}"));
-        Self { child, base, dir, database_url, _pg: pg, http: reqwest::Client::new() }
+        Self { child, base, dir, database_url, backend_env, _pg: pg, http: reqwest::Client::new() }
     }
 
     pub fn graphql_url(&self) -> String {
@@ -229,7 +275,7 @@ impl Server {
     pub fn spawn_worker(&self, args: &[&str]) -> Child {
         Command::new(binary("taskorch-worker"))
             .current_dir(self.dir.path())
-            .env("TASKORCH_DATABASE_URL", &self.database_url)
+            .envs(self.backend_env.iter().cloned())
             .env("TASKORCH_LOG", "warn")
             .args(args)
             .stdout(Stdio::null())
