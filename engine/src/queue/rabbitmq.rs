@@ -64,8 +64,10 @@ impl Inner {
         format!("{}.tasks", self.opts.namespace)
     }
 
-    async fn open(url: &str) -> Result<Connection, QueueError> {
-        let connect = Connection::connect(url, ConnectionProperties::default());
+    /// A connection named after the namespace, so operators (and tests) can tell deployments apart.
+    async fn open(&self) -> Result<Connection, QueueError> {
+        let props = ConnectionProperties::default().with_connection_name(self.opts.namespace.as_str().into());
+        let connect = Connection::connect(&self.opts.url, props);
         tokio::time::timeout(Duration::from_secs(5), connect)
             .await
             .map_err(|_| QueueError("connecting to RabbitMQ timed out".into()))?
@@ -109,7 +111,7 @@ impl Inner {
         {
             return Ok(channel.clone());
         }
-        let conn = Self::open(&self.opts.url).await?;
+        let conn = self.open().await?;
         let channel = conn.create_channel().await.map_err(err)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(err)?;
         self.declare_topology(&channel).await?;
@@ -149,7 +151,7 @@ impl Inner {
     }
 
     async fn consume_once(&self, tx: &mpsc::Sender<Delivery>) -> Result<(), QueueError> {
-        let conn = Self::open(&self.opts.url).await?;
+        let conn = self.open().await?;
         let channel = conn.create_channel().await.map_err(err)?;
         channel.basic_qos(self.opts.prefetch.max(1), BasicQosOptions { global: true }).await.map_err(err)?;
         self.declare_topology(&channel).await?;
