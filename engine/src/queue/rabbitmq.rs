@@ -100,7 +100,28 @@ impl Inner {
             )
             .await
             .map_err(err)?;
+        // Queues of the kinds this process knows exist before anything is published, so a task of a known kind
+        // waits in its own queue for a worker that serves it, even one that has not started yet.
+        for kind in &self.opts.known_kinds {
+            self.declare_kind_queue(channel, kind).await?;
+        }
         Ok(())
+    }
+
+    async fn declare_kind_queue(&self, channel: &Channel, kind: &str) -> Result<String, QueueError> {
+        let queue = format!("{}.kind.{kind}", self.opts.namespace);
+        declare_queue(channel, &queue).await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.exchange().as_str().into(),
+                kind.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        Ok(queue)
     }
 
     async fn publisher_channel(&self) -> Result<Channel, QueueError> {
@@ -157,18 +178,11 @@ impl Inner {
         self.declare_topology(&channel).await?;
         let mut streams = Vec::new();
         for (queue, kind) in self.consumed_queues() {
-            declare_queue(&channel, &queue).await?;
-            if let Some(kind) = kind {
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        self.exchange().as_str().into(),
-                        kind.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(err)?;
+            match kind {
+                Some(kind) => {
+                    self.declare_kind_queue(&channel, &kind).await?;
+                }
+                None => declare_queue(&channel, &queue).await?,
             }
             let consumer = channel
                 .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
