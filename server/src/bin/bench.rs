@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use sea_orm::ConnectionTrait;
 use taskorch_domain::{EventType, TaskSpec, WorkflowId, WorkflowSpec};
+use taskorch_engine::Engine;
 use taskorch_engine::db::{Database, PoolOptions};
-use taskorch_engine::store::Store;
-use taskorch_engine::{Engine, EngineOptions, InProcessEventBus};
-use taskorch_worker::{Registry, RegistryOptions, WorkerOptions, run_embedded};
+use taskorch_worker::config::Config;
+use taskorch_worker::{Registry, RegistryOptions, setup};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -29,6 +29,12 @@ struct Args {
     /// Chains of 10 run one after the other for the hop latency.
     #[arg(long, default_value_t = 30)]
     chains: usize,
+    /// RabbitMQ URL: run the queue through the broker.
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Redis URL: run the event bus through Redis.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Worker concurrency.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
@@ -49,11 +55,27 @@ async fn main() -> anyhow::Result<()> {
         (format!("{base}/{name}"), Some((admin, name)))
     };
     let backend = if cleanup.is_some() { "PostgreSQL" } else { "SQLite" };
-    let db = Database::connect(&url, PoolOptions::default()).await?;
-    db.migrate().await?;
-    let engine = Engine::new(Store::new(db), Arc::new(InProcessEventBus::new(1 << 20)), EngineOptions::default());
+    let mut cli = vec!["bench".to_owned(), "--database-url".to_owned(), url.clone()];
+    cli.extend(["--concurrency".to_owned(), args.concurrency.to_string()]);
+    cli.extend(["--namespace".to_owned(), format!("bench{}", std::process::id())]);
+    if let Some(amqp) = &args.amqp_url {
+        cli.extend(["--amqp-url".to_owned(), amqp.clone()]);
+    }
+    if let Some(redis) = &args.redis_url {
+        cli.extend(["--redis-url".to_owned(), redis.clone()]);
+    }
+    let config = Config::parse_from(cli);
+    let registry = Arc::new(Registry::with_builtins(RegistryOptions::default()));
+    let backends = setup::connect(&config, config.engine_options(), registry.kinds()).await?;
+    let engine = backends.engine.clone();
+    let stack = match (&args.amqp_url, &args.redis_url) {
+        (Some(_), Some(_)) => " + RabbitMQ + Redis",
+        (Some(_), None) => " + RabbitMQ",
+        (None, Some(_)) => " + Redis",
+        (None, None) => " (in-process queue and bus)",
+    };
     println!(
-        "taskorch-bench on {backend}, {} cores",
+        "taskorch-bench on {backend}{stack}, {} cores",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
@@ -67,13 +89,7 @@ async fn main() -> anyhow::Result<()> {
     cancel_all(&engine).await?;
 
     let shutdown = CancellationToken::new();
-    let registry = Arc::new(Registry::with_builtins(RegistryOptions::default()));
-    let worker = tokio::spawn(run_embedded(
-        engine.clone(),
-        registry,
-        WorkerOptions { concurrency: args.concurrency, ..WorkerOptions::default() },
-        shutdown.clone(),
-    ));
+    let worker = tokio::spawn(setup::run(backends, registry, config.worker_options(), true, shutdown.clone()));
 
     // 2. Independent noop tasks.
     let workflows = args.noop_tasks.div_ceil(args.noop_batch);
