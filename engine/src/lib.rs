@@ -3,6 +3,7 @@
 //! server and the worker.
 
 pub mod bus;
+pub mod cache;
 pub mod db;
 pub mod dispatcher;
 pub mod error;

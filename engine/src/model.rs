@@ -8,7 +8,7 @@ use taskorch_entity::{event, task, workflow};
 use crate::error::Error;
 use crate::time::to_datetime;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkflowRecord {
     pub id: WorkflowId,
     pub name: String,
@@ -16,6 +16,8 @@ pub struct WorkflowRecord {
     pub idempotency_key: Option<String>,
     pub task_count: i32,
     pub completed_count: i32,
+    /// Sequence of the last event: a cached copy older than an event a client saw is stale.
+    pub last_sequence: i64,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -31,6 +33,7 @@ impl TryFrom<workflow::Model> for WorkflowRecord {
             idempotency_key: m.idempotency_key,
             task_count: m.task_count,
             completed_count: m.completed_count,
+            last_sequence: m.last_sequence,
             created_at: to_datetime(m.created_at),
             started_at: m.started_at.map(to_datetime),
             finished_at: m.finished_at.map(to_datetime),

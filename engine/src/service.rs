@@ -8,6 +8,7 @@ use taskorch_domain::{Limits, WorkflowId, WorkflowSpec, dag};
 use tokio::sync::Notify;
 
 use crate::bus::EventBus;
+use crate::cache::{NoCache, ReadCache};
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 use crate::queue::{Dispatch, Phase};
@@ -42,6 +43,7 @@ impl Default for EngineOptions {
 struct Inner {
     store: Store,
     bus: Arc<dyn EventBus>,
+    cache: Arc<dyn ReadCache>,
     opts: EngineOptions,
     wake: Notify,
 }
@@ -54,7 +56,27 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, bus: Arc<dyn EventBus>, opts: EngineOptions) -> Self {
-        Self { inner: Arc::new(Inner { store, bus, opts, wake: Notify::new() }) }
+        Self::with_cache(store, bus, Arc::new(NoCache), opts)
+    }
+
+    /// An engine whose workflow reads go through a cache.
+    pub fn with_cache(store: Store, bus: Arc<dyn EventBus>, cache: Arc<dyn ReadCache>, opts: EngineOptions) -> Self {
+        Self { inner: Arc::new(Inner { store, bus, cache, opts, wake: Notify::new() }) }
+    }
+
+    /// Publishes committed events, first marking cached reads of their workflows stale.
+    async fn publish(&self, events: Vec<EventRecord>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut newest: std::collections::HashMap<WorkflowId, i64> = std::collections::HashMap::new();
+        for e in &events {
+            let n = newest.entry(e.workflow_id).or_default();
+            *n = (*n).max(e.sequence);
+        }
+        let newest: Vec<_> = newest.into_iter().collect();
+        self.inner.cache.invalidate(&newest).await;
+        self.inner.bus.publish(events);
     }
 
     pub fn store(&self) -> &Store {
@@ -77,7 +99,7 @@ impl Engine {
         match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash }).await? {
             SubmitOutcome::Existing(record) => Ok(record),
             SubmitOutcome::Created(record, events) => {
-                self.inner.bus.publish(events);
+                self.publish(events).await;
                 self.wake_dispatcher();
                 Ok(record)
             }
@@ -85,7 +107,14 @@ impl Engine {
     }
 
     pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
-        self.inner.store.workflow(id).await
+        if let Some(hit) = self.inner.cache.get(id).await {
+            return Ok(Some(hit));
+        }
+        let record = self.inner.store.workflow(id).await?;
+        if let Some(r) = &record {
+            self.inner.cache.put(r).await;
+        }
+        Ok(record)
     }
 
     pub async fn workflows(
@@ -115,7 +144,7 @@ impl Engine {
     /// Applies an operator action (cancel, pause, resume, retry) and returns the workflow as it is now.
     pub async fn act(&self, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
         let (record, events) = self.inner.store.apply_action(id, action).await?;
-        self.inner.bus.publish(events);
+        self.publish(events).await;
         if matches!(action, Action::Resume | Action::Retry) {
             self.wake_dispatcher();
         }
@@ -149,7 +178,7 @@ impl Engine {
     /// Claims delivered tasks (fenced); publishes TASK_STARTED.
     pub async fn claim(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
         let (claimed, events) = self.inner.store.claim(batch, self.inner.opts.lease.as_micros() as i64).await?;
-        self.inner.bus.publish(events);
+        self.publish(events).await;
         Ok(claimed)
     }
 
@@ -157,7 +186,7 @@ impl Engine {
     pub async fn report(&self, outcomes: Vec<Outcome>) -> Result<Report, Error> {
         let mut jitter = || rand::random::<f64>();
         let mut report = self.inner.store.report(outcomes, &mut jitter).await?;
-        self.inner.bus.publish(std::mem::take(&mut report.events));
+        self.publish(std::mem::take(&mut report.events)).await;
         if report.made_ready > 0 {
             self.wake_dispatcher();
         }

@@ -131,7 +131,10 @@ async fn broker_and_bus_outages_and_a_killed_worker_lose_nothing() {
 /// but without disturbing tests running beside it.
 fn close_broker_connections(server: &Server) {
     let ns = server.backend_env.iter().find(|(k, _)| k == "TASKORCH_NAMESPACE").map(|(_, v)| v.clone()).unwrap();
-    let out = Command::new("rabbitmqctl").args(["-q", "list_connections", "pid", "client_properties"]).output().expect("rabbitmqctl");
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut closed = 0;
     for line in text.lines().filter(|l| l.contains(&ns)) {
@@ -184,7 +187,13 @@ async fn a_server_killed_during_a_large_submission_leaves_all_or_nothing() {
     for delay_ms in [30u64, 150, 400] {
         let mut server = Server::start_with(NO_WORKER).await;
         let tasks: Vec<Value> = (0..10_000)
-            .map(|i| if i == 0 { json!({ "key": "t0", "kind": "noop" }) } else { json!({ "key": format!("t{i}"), "kind": "noop", "dependsOn": ["t0"] }) })
+            .map(|i| {
+                if i == 0 {
+                    json!({ "key": "t0", "kind": "noop" })
+                } else {
+                    json!({ "key": format!("t{i}"), "kind": "noop", "dependsOn": ["t0"] })
+                }
+            })
             .collect();
         let body = json!({ "query": "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }",
                            "variables": { "i": { "name": "big", "tasks": tasks } } });
@@ -196,7 +205,8 @@ async fn a_server_killed_during_a_large_submission_leaves_all_or_nothing() {
         };
         let (_, ()) = tokio::join!(request, kill);
         let again = server.sibling(NO_WORKER).await;
-        let data = again.data("{ workflows(first: 10) { edges { node { id taskCount tasks { key } } } } }", json!({})).await;
+        let data =
+            again.data("{ workflows(first: 10) { edges { node { id taskCount tasks { key } } } } }", json!({})).await;
         let edges = data["workflows"]["edges"].as_array().unwrap();
         assert!(edges.len() <= 1);
         if let Some(e) = edges.first() {
@@ -213,7 +223,11 @@ fn an_unusable_service_url_is_a_one_line_error_naming_its_variable() {
     let cases = [
         ("TASKORCH_DATABASE_URL", "mysql://nowhere/db".to_owned(), vec![]),
         ("TASKORCH_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none".to_owned(), vec![]),
-        ("TASKORCH_AMQP_URL", "amqp://guest:secret@127.0.0.1:1/%2f".to_owned(), vec![("TASKORCH_DATABASE_URL", sqlite.clone())]),
+        (
+            "TASKORCH_AMQP_URL",
+            "amqp://guest:secret@127.0.0.1:1/%2f".to_owned(),
+            vec![("TASKORCH_DATABASE_URL", sqlite.clone())],
+        ),
         ("TASKORCH_REDIS_URL", "redis://127.0.0.1:1".to_owned(), vec![("TASKORCH_DATABASE_URL", sqlite.clone())]),
     ];
     for (var, value, extra) in cases {

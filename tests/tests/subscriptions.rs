@@ -408,3 +408,39 @@ async fn a_thousand_subscribe_disconnect_cycles_leave_nothing_behind() {
     let after = server.rss_kib();
     assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB over 1,000 cycles");
 }
+
+#[tokio::test]
+async fn a_read_right_after_an_event_never_shows_an_older_status() {
+    let server = Server::start().await;
+    for round in 0..10 {
+        let id = server
+            .submit(json!({ "name": format!("fresh{round}"), "tasks": [
+                { "key": "a", "kind": "noop" }, { "key": "b", "kind": "noop", "dependsOn": ["a"] },
+            ] }))
+            .await;
+        // Keep the read path (and any cache behind it) busy while the workflow runs.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (http, url, id, stop) = (server.http().clone(), server.graphql_url(), id.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = json!({ "query": "query($id: ID!) { workflow(id: $id) { status } }", "variables": { "id": id } });
+                    let _ = http.post(&url).json(&body).send().await;
+                }
+            })
+        };
+        let mut sub = server.subscribe(EVENTS, json!({ "id": id })).await;
+        while let Some(e) = tokio::time::timeout(MINUTE, sub.next()).await.expect("event") {
+            let ty = e["workflowEvents"]["type"].as_str().unwrap().to_owned();
+            let status = server.data("query($id: ID!) { workflow(id: $id) { status } }", json!({ "id": id })).await;
+            let status = status["workflow"]["status"].as_str().unwrap().to_owned();
+            if ty == "WORKFLOW_COMPLETED" {
+                assert_eq!(status, "COMPLETED", "read after {ty}");
+            } else {
+                assert!(status == "RUNNING" || status == "COMPLETED", "read after {ty}: {status}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = reader.await;
+    }
+}

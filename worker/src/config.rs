@@ -31,6 +31,9 @@ pub struct Config {
     /// Redis URL: when set, events go through Redis pub/sub so every server sees every event.
     #[arg(long, env = "TASKORCH_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// How long a workflow read stays in the Redis cache (events invalidate it sooner).
+    #[arg(long, env = "TASKORCH_CACHE_TTL_MS", default_value_t = 2_000)]
+    pub cache_ttl_ms: u64,
     /// Prefix of broker queues and Redis channels, so several deployments can share them.
     #[arg(long, env = "TASKORCH_NAMESPACE", default_value = "taskorch")]
     pub namespace: String,

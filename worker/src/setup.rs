@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use taskorch_engine::cache::{NoCache, ReadCache, RedisCache};
 use taskorch_engine::db::{Database, redact};
 use taskorch_engine::dispatcher::{DispatcherOptions, run_dispatcher, run_reaper};
 use taskorch_engine::queue::{RabbitMqOptions, RabbitMqQueue};
@@ -32,13 +33,16 @@ pub async fn connect(
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_DATABASE_URL ({}) is unusable: {e}", redact(url)))?;
     db.migrate().await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
-    let bus: Arc<dyn EventBus> = match &config.redis_url {
-        None => Arc::new(InProcessEventBus::default()),
-        Some(url) => Arc::new(
-            RedisEventBus::connect(url, &config.namespace)
-                .await
-                .map_err(|e| anyhow::anyhow!("TASKORCH_REDIS_URL ({}) is unreachable: {e}", redact(url)))?,
-        ),
+    let (bus, cache): (Arc<dyn EventBus>, Arc<dyn ReadCache>) = match &config.redis_url {
+        None => (Arc::new(InProcessEventBus::default()), Arc::new(NoCache)),
+        Some(url) => {
+            let unreachable =
+                |e: redis::RedisError| anyhow::anyhow!("TASKORCH_REDIS_URL ({}) is unreachable: {e}", redact(url));
+            let bus = RedisEventBus::connect(url, &config.namespace).await.map_err(unreachable)?;
+            let ttl = std::time::Duration::from_millis(config.cache_ttl_ms);
+            let cache = RedisCache::connect(url, &config.namespace, ttl).await.map_err(unreachable)?;
+            (Arc::new(bus), Arc::new(cache))
+        }
     };
     let broker: Option<Arc<dyn TaskQueue>> = match &config.amqp_url {
         None => None,
@@ -54,7 +58,7 @@ pub async fn connect(
             .map_err(|e| anyhow::anyhow!("TASKORCH_AMQP_URL ({}) is unreachable: {e}", redact(url)))?,
         )),
     };
-    Ok(Backends { engine: Engine::new(Store::new(db), bus, engine_options), broker })
+    Ok(Backends { engine: Engine::with_cache(Store::new(db), bus, cache, engine_options), broker })
 }
 
 /// Runs this process's share of the work until `shutdown`: with a broker, a dispatcher and a reaper (every process
