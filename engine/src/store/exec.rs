@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 use taskorch_domain::{EventType, NewEvent, TaskId, WorkflowId};
 use uuid::Uuid;
 
-use super::Store;
+use super::{Pending, Store};
 use crate::db::placeholders;
 use crate::error::Error;
 use crate::model::EventRecord;
@@ -57,6 +57,8 @@ pub struct Report {
     pub made_ready: usize,
     /// Reports refused because the attempt no longer held the task.
     pub stale: usize,
+    /// Events and counters written once at the end of the batch.
+    pub(crate) pending: Pending,
 }
 
 const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
@@ -206,10 +208,11 @@ impl Store {
                 timeout_ms: row.try_get_by_index(5)?,
             });
         }
-        let mut events = Vec::new();
+        let mut pending = Pending::default();
         for (wf, evs) in started {
-            events.extend(self.append_events(&txn, wf, evs, now).await?);
+            pending.extend(wf, evs);
         }
+        let events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
         // Inputs: the results of each run-phase task's dependencies, read after the claim committed.
         for c in claimed.iter_mut().filter(|c| c.phase == Phase::Run) {

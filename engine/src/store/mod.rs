@@ -74,6 +74,90 @@ impl Store {
     }
 }
 
+/// Events and completed-task counts of a batch, per workflow, in the order they happened.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    order: Vec<Uuid>,
+    events: std::collections::HashMap<Uuid, Vec<NewEvent>>,
+    completed: std::collections::HashMap<Uuid, i32>,
+}
+
+impl Pending {
+    fn touch(&mut self, wf: Uuid) -> &mut Vec<NewEvent> {
+        if !self.events.contains_key(&wf) {
+            self.order.push(wf);
+        }
+        self.events.entry(wf).or_default()
+    }
+
+    pub(crate) fn extend(&mut self, wf: Uuid, events: impl IntoIterator<Item = NewEvent>) {
+        self.touch(wf).extend(events);
+    }
+
+    pub(crate) fn complete(&mut self, wf: Uuid) {
+        self.touch(wf);
+        *self.completed.entry(wf).or_default() += 1;
+    }
+}
+
+impl Store {
+    /// Writes a batch's events and counters: one `UPDATE workflow` per workflow (sequence numbers and completed
+    /// count, plus its completion when every task is done) and one multi-row `INSERT` for all events.
+    pub(crate) async fn flush<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        mut pending: Pending,
+        now: i64,
+    ) -> Result<Vec<EventRecord>, Error> {
+        let mut records = Vec::new();
+        for wf in std::mem::take(&mut pending.order) {
+            let mut events = pending.events.remove(&wf).unwrap_or_default();
+            let done = pending.completed.get(&wf).copied().unwrap_or(0);
+            if events.is_empty() && done == 0 {
+                continue;
+            }
+            let row = conn
+                .query_one_raw(self.db.stmt(
+                    "UPDATE workflow SET last_sequence = last_sequence + ?, completed_count = completed_count + ?, \
+                       updated_at = ? WHERE id = ? RETURNING last_sequence, completed_count, task_count, status, name",
+                    vec![(events.len() as i64).into(), done.into(), now.into(), wf.into()],
+                ))
+                .await?
+                .ok_or_else(|| Error::corrupt(format!("workflow {wf} vanished")))?;
+            let mut last: i64 = row.try_get_by_index(0)?;
+            let first = last - events.len() as i64 + 1;
+            let (completed, total): (i32, i32) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
+            let status: taskorch_domain::WorkflowStatus =
+                row.try_get_by_index::<String>(3)?.parse().map_err(Error::corrupt)?;
+            let name: String = row.try_get_by_index(4)?;
+            if done > 0
+                && completed == total
+                && matches!(status, taskorch_domain::WorkflowStatus::Running | taskorch_domain::WorkflowStatus::Paused)
+            {
+                self.set_workflow_status(conn, wf, status, taskorch_domain::WorkflowStatus::Completed, now).await?;
+                conn.execute_raw(
+                    self.db.stmt("UPDATE workflow SET last_sequence = last_sequence + 1 WHERE id = ?", vec![wf.into()]),
+                )
+                .await?;
+                events.push(NewEvent::workflow(taskorch_domain::EventType::WorkflowCompleted));
+                last += 1;
+            }
+            debug_assert_eq!(first + events.len() as i64 - 1, last);
+            records.extend(events.into_iter().enumerate().map(|(i, e)| EventRecord {
+                workflow_id: taskorch_domain::WorkflowId(wf),
+                sequence: first + i as i64,
+                event_type: e.event_type,
+                task_key: e.task_key,
+                at: crate::time::to_datetime(now),
+                data: e.data,
+                workflow_name: name.clone(),
+            }));
+        }
+        insert_events(conn, &records, now).await?;
+        Ok(records)
+    }
+}
+
 /// Inserts event rows in chunks (one statement per chunk).
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     for chunk in records.chunks(2000) {

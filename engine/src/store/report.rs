@@ -61,6 +61,8 @@ impl Store {
                 report.stale += 1;
             }
         }
+        let pending = std::mem::take(&mut report.pending);
+        report.events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
         Ok(report)
     }
@@ -123,21 +125,9 @@ impl Store {
                 events.extend(ready.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskQueued, k)));
             }
         }
-        let row = txn
-            .query_one_raw(self.db.stmt(
-                "UPDATE workflow SET completed_count = completed_count + 1 WHERE id = ? \
-                 RETURNING completed_count, task_count, status",
-                vec![wf.into()],
-            ))
-            .await?
-            .ok_or_else(|| crate::Error::corrupt("workflow of a task vanished"))?;
-        let (completed, total): (i32, i32) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-        let status: WorkflowStatus = row.try_get_by_index::<String>(2)?.parse().map_err(crate::Error::corrupt)?;
-        if completed == total && matches!(status, WorkflowStatus::Running | WorkflowStatus::Paused) {
-            self.set_workflow_status(txn, wf, status, WorkflowStatus::Completed, now).await?;
-            events.push(NewEvent::workflow(EventType::WorkflowCompleted));
-        }
-        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        // The workflow's counters, its completion and the events are written once per batch (see `flush`).
+        report.pending.complete(wf);
+        report.pending.extend(wf, events);
         Ok(true)
     }
 
@@ -182,7 +172,7 @@ impl Store {
             report.made_ready += 1;
             let retrying = NewEvent::task(EventType::TaskRetrying, key)
                 .with_data(json!({ "attempt": attempt + 1, "delayMs": delay.as_millis() as u64 }));
-            report.events.extend(self.append_events(txn, wf, vec![failed, retrying], now).await?);
+            report.pending.extend(wf, vec![failed, retrying]);
             return Ok(true);
         }
         txn.execute_raw(
@@ -196,7 +186,7 @@ impl Store {
         if active {
             events.extend(self.fail_workflow(txn, wf, status, now, report).await?);
         }
-        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        report.pending.extend(wf, events);
         Ok(true)
     }
 
@@ -281,7 +271,7 @@ impl Store {
         report.made_ready += 1;
         let ev =
             NewEvent::task(EventType::TaskQueued, key).with_data(json!({ "reason": "released by a stopping worker" }));
-        report.events.extend(self.append_events(txn, wf, vec![ev], now).await?);
+        report.pending.extend(wf, vec![ev]);
         Ok(true)
     }
 
@@ -307,7 +297,7 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let mut events = vec![NewEvent::task(EventType::TaskCompensated, key)];
         events.extend(self.saga_step(txn, wf, now, report).await?);
-        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        report.pending.extend(wf, events);
         Ok(true)
     }
 
@@ -359,7 +349,7 @@ impl Store {
                 .with_data(json!({ "attempt": attempt, "error": error })),
         ];
         events.extend(self.saga_step(txn, wf, now, report).await?);
-        report.events.extend(self.append_events(txn, wf, events, now).await?);
+        report.pending.extend(wf, events);
         Ok(true)
     }
 
