@@ -11,8 +11,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
 
+use axum::http::{HeaderValue, Method, header};
 use taskorch_engine::{Engine, TaskQueue};
 use taskorch_worker::setup::Backends;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::graphql::loaders::TaskLoader;
@@ -33,6 +35,22 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub max_body_bytes: usize,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    if origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
+    Some(layer.allow_origin(AllowOrigin::list(list)))
 }
 
 pub fn router(backends: Backends, opts: AppOptions) -> Router {
@@ -51,6 +69,7 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
+        .layer(tower::util::option_layer(cors(&opts.cors_origins)))
         .with_state(state)
 }
 

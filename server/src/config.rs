@@ -26,6 +26,9 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "TASKORCH_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (comma-separated, `*` for any); none by default (same origin only).
+    #[arg(long, env = "TASKORCH_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
     /// Log as JSON (default: JSON unless stderr is a terminal).
     #[arg(long, env = "TASKORCH_LOG_JSON", global = true)]
     pub log_json: Option<bool>,

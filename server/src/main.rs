@@ -46,7 +46,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         !config.no_worker,
         shutdown.clone(),
     ));
-    let app = router(backends, AppOptions { max_body_bytes: config.max_body_bytes });
+    let app = router(
+        backends,
+        AppOptions { max_body_bytes: config.max_body_bytes, cors_origins: config.cors_origins.clone() },
+    );
     // Without TCP_NODELAY small responses wait for delayed ACKs (tens of milliseconds per request).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

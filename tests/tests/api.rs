@@ -280,3 +280,25 @@ fn schema_graphql_matches_the_server() {
         "schema.graphql is out of date; regenerate it with:\n  cargo run -q -p taskorch-server --bin taskorch -- print-schema > schema.graphql"
     );
 }
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let server = Server::start_with(ServerOptions {
+        worker: false,
+        env: vec![("TASKORCH_CORS_ORIGINS".into(), "http://dash.example".into())],
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        server
+            .http()
+            .request(reqwest::Method::OPTIONS, server.graphql_url())
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("http://dash.example").await.unwrap();
+    assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "http://dash.example");
+    let refused = preflight("http://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
