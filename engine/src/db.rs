@@ -93,6 +93,21 @@ impl Database {
         (self.statements[WRITE].load(Ordering::Relaxed), self.statements[READ].load(Ordering::Relaxed))
     }
 
+    /// Connections open and idle in the write pool (`read == false`) or the read pool.
+    pub fn pool_state(&self, read: bool) -> (u32, u32) {
+        let conn = if read { &self.read } else { &self.write };
+        match self.backend {
+            DbBackend::Postgres => {
+                let p = conn.get_postgres_connection_pool();
+                (p.size(), p.num_idle() as u32)
+            }
+            _ => {
+                let p = conn.get_sqlite_connection_pool();
+                (p.size(), p.num_idle() as u32)
+            }
+        }
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         Migrator::up(&self.write, None).await

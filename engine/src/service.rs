@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskorch_domain::lifecycle::Action;
-use taskorch_domain::{Limits, WorkflowId, WorkflowSpec, dag};
+use taskorch_domain::{EventType, Limits, WorkflowId, WorkflowSpec, dag};
 use tokio::sync::Notify;
 
 use crate::bus::EventBus;
@@ -75,6 +75,25 @@ impl Engine {
             *n = (*n).max(e.sequence);
         }
         let newest: Vec<_> = newest.into_iter().collect();
+        for e in &events {
+            match e.event_type {
+                EventType::TaskRetrying => metrics::counter!("taskorch_task_retries_total").increment(1),
+                EventType::TaskCompensated => {
+                    metrics::counter!("taskorch_compensations_total", "outcome" => "compensated").increment(1)
+                }
+                EventType::TaskCompensationFailed => {
+                    metrics::counter!("taskorch_compensations_total", "outcome" => "failed").increment(1)
+                }
+                EventType::WorkflowCompleted
+                | EventType::WorkflowFailed
+                | EventType::WorkflowCompensated
+                | EventType::WorkflowCancelled => {
+                    metrics::counter!("taskorch_workflows_finished_total", "event" => e.event_type.as_str())
+                        .increment(1)
+                }
+                _ => {}
+            }
+        }
         self.inner.cache.invalidate(&newest).await;
         self.inner.bus.publish(events);
     }
@@ -207,6 +226,7 @@ impl Engine {
         if expired.is_empty() {
             return Ok(0);
         }
+        metrics::counter!("taskorch_lease_expiries_total").increment(expired.len() as u64);
         let report = self.report(expired).await?;
         Ok(report.events.len().max(1))
     }

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, header};
+use metrics_exporter_prometheus::PrometheusHandle;
 use taskorch_engine::{Engine, TaskQueue};
 use taskorch_worker::setup::Backends;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -29,6 +30,7 @@ pub struct AppState {
     pub subscriptions: ActiveSubscriptions,
     /// The broker queue, when configured (for readiness).
     pub broker: Option<Arc<dyn TaskQueue>>,
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// Options of the HTTP layer.
@@ -37,6 +39,8 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// The process's metrics recorder.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -56,7 +60,13 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 pub fn router(backends: Backends, opts: AppOptions) -> Router {
     let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
-    let state = AppState { schema: build_schema(engine.clone(), subscriptions.clone()), engine, subscriptions, broker };
+    let state = AppState {
+        schema: build_schema(engine.clone(), subscriptions.clone()),
+        engine,
+        subscriptions,
+        broker,
+        metrics: opts.metrics.clone(),
+    };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
@@ -115,6 +125,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = crate::metrics::render(&state.engine, &state.subscriptions);
+    let text = crate::metrics::render(state.metrics.as_ref(), &state.engine, &state.subscriptions).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -25,6 +25,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         print!("{}", graphql::sdl());
         return Ok(());
     }
+    let metrics = taskorch_worker::observe::install_metrics();
     let registry = Arc::new(Registry::with_builtins(config.worker.registry_options()));
     let backends = setup::connect(&config.worker, config.engine_options(), registry.kinds()).await?;
     if let Some(Command::Migrate) = config.command {
@@ -48,7 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let app = router(
         backends,
-        AppOptions { max_body_bytes: config.max_body_bytes, cors_origins: config.cors_origins.clone() },
+        AppOptions { max_body_bytes: config.max_body_bytes, cors_origins: config.cors_origins.clone(), metrics },
     );
     // Without TCP_NODELAY small responses wait for delayed ACKs (tens of milliseconds per request).
     let listener = listener.tap_io(|tcp| {

@@ -37,6 +37,9 @@ pub struct Config {
     /// Prefix of broker queues and Redis channels, so several deployments can share them.
     #[arg(long, env = "TASKORCH_NAMESPACE", default_value = "taskorch")]
     pub namespace: String,
+    /// Address of the worker's `/metrics`, `/healthz` and `/readyz` (worker binary only; off when unset).
+    #[arg(long, env = "TASKORCH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Attempts run at once.
     #[arg(long, env = "TASKORCH_WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod handlers;
+pub mod observe;
 mod registry;
 mod runner;
 pub mod setup;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use taskorch_worker::config::Config;
-use taskorch_worker::{Registry, setup};
+use taskorch_worker::{Registry, observe, setup};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -24,8 +24,17 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = observe::install_metrics();
     let registry = Arc::new(Registry::with_builtins(config.registry_options()));
     let backends = setup::connect(&config, config.engine_options(), registry.kinds()).await?;
+    if let Some(listen) = &config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("TASKORCH_METRICS_LISTEN ({listen}) cannot be bound: {e}"))?;
+        println!("taskorch-worker metrics on http://{}/metrics", listener.local_addr()?);
+        let app = observe::router(metrics, backends.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     println!("taskorch-worker running (concurrency {})", config.concurrency);

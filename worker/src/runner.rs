@@ -221,7 +221,23 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         cancel: cancel.clone(),
     };
     let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
+    let phase = match task.phase {
+        Phase::Run => "run",
+        Phase::Compensate => "compensate",
+    };
+    if task.phase == Phase::Run {
+        metrics::histogram!("taskorch_task_queue_wait_seconds", "kind" => task.kind.clone())
+            .record(task.queue_wait_us as f64 / 1e6);
+    }
+    let started = std::time::Instant::now();
+    let record = |label: &'static str| {
+        metrics::counter!("taskorch_task_executions_total", "kind" => task.kind.clone(), "outcome" => label, "phase" => phase)
+            .increment(1);
+        metrics::histogram!("taskorch_task_duration_seconds", "kind" => task.kind.clone(), "phase" => phase)
+            .record(started.elapsed().as_secs_f64());
+    };
     let Some(handler) = registry.get(&task.kind) else {
+        record("failed");
         return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
     };
     let run = tokio::spawn(async move { handler.run(ctx).await });
@@ -236,16 +252,20 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         r = timed => r,
         _ = lost.cancelled() => {
             cancel.cancel();
+            record("cancelled");
             return outcome(OutcomeKind::Failed("cancelled".into()));
         }
         _ = abort.cancelled() => {
             cancel.cancel();
+            record("released");
             return outcome(OutcomeKind::Released);
         }
     };
+    let timed_out = result.is_none();
     let kind = match result {
         None => {
             cancel.cancel();
+            record("timed_out");
             OutcomeKind::Failed(format!("timed out after {} ms", task.timeout_ms.unwrap_or_default()))
         }
         Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
@@ -253,8 +273,15 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         Some(Ok(Ok(value))) => OutcomeKind::Completed(value),
     };
     match &kind {
-        OutcomeKind::Failed(error) => tracing::info!(error = %error, "attempt failed"),
-        _ => tracing::debug!("attempt completed"),
+        OutcomeKind::Failed(error) if !timed_out => {
+            record("failed");
+            tracing::info!(error = %error, "attempt failed");
+        }
+        OutcomeKind::Completed(_) => {
+            record("completed");
+            tracing::info!("attempt completed");
+        }
+        _ => tracing::info!("attempt failed"),
     }
     outcome(kind)
 }

@@ -29,6 +29,8 @@ pub struct Claimed {
     pub inputs: Json,
     pub idempotency_key: Option<String>,
     pub timeout_ms: Option<i64>,
+    /// How long the task waited between becoming due and this claim, in microseconds (run phase).
+    pub queue_wait_us: i64,
 }
 
 /// How an attempt ended.
@@ -150,7 +152,8 @@ impl Store {
                                started_at = ?, error = NULL \
                              WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} AND EXISTS (\
                                SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
-                             RETURNING key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on"
+                             RETURNING key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on, \
+                               available_at"
                         ),
                         vec![(now + lease_us).into(), now.into(), d.task_id.0.into(), d.fence.into()],
                     ))
@@ -206,6 +209,10 @@ impl Store {
                 inputs,
                 idempotency_key: row.try_get_by_index(4)?,
                 timeout_ms: row.try_get_by_index(5)?,
+                queue_wait_us: match d.phase {
+                    Phase::Run => (now - row.try_get_by_index::<i64>(7)?).max(0),
+                    Phase::Compensate => 0,
+                },
             });
         }
         let mut pending = Pending::default();

@@ -13,6 +13,7 @@ use taskorch_entity::event;
 use uuid::Uuid;
 
 pub use exec::{Claimed, Outcome, OutcomeKind, Report};
+pub use read::TaskStats;
 pub use submit::{NewWorkflow, SubmitOutcome};
 
 use crate::db::Database;

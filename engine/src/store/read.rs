@@ -2,11 +2,18 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use taskorch_domain::WorkflowId;
 use taskorch_entity::{event, task, workflow};
 
 use super::Store;
+
+/// Counts for metrics.
+#[derive(Debug, Default)]
+pub struct TaskStats {
+    pub by_status: Vec<(String, i64)>,
+    pub backlog: i64,
+}
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 
@@ -92,6 +99,33 @@ impl Store {
             .all(&self.db.read)
             .await?;
         rows.into_iter().map(|m| EventRecord::from_model(m, wf.name.clone())).collect()
+    }
+
+    /// Tasks by status and the dispatch backlog (due, not handed to a queue), for metrics.
+    pub async fn task_stats(&self) -> Result<TaskStats, Error> {
+        let rows = self
+            .db
+            .read
+            .query_all_raw(self.db.stmt("SELECT status, COUNT(*) FROM task GROUP BY status", vec![]))
+            .await?;
+        let mut by_status = Vec::with_capacity(rows.len());
+        for r in rows {
+            by_status.push((r.try_get_by_index::<String>(0)?, r.try_get_by_index::<i64>(1)?));
+        }
+        let now = crate::time::now_us();
+        let backlog = self
+            .db
+            .read
+            .query_one_raw(self.db.stmt(
+                "SELECT COUNT(*) FROM task WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING') \
+                 AND lease_until IS NULL AND available_at <= ? AND dispatched_until <= ?",
+                vec![now.into(), now.into()],
+            ))
+            .await?
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(TaskStats { by_status, backlog })
     }
 
     /// Whether the database answers.

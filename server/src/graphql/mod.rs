@@ -25,6 +25,7 @@ pub fn build_schema(engine: Engine, subscriptions: subscription::ActiveSubscript
     Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(engine)
         .data(subscriptions)
+        .extension(crate::metrics::RequestMetrics)
         .limit_depth(16)
         .limit_complexity(100_000)
         .finish()

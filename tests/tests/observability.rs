@@ -1,0 +1,151 @@
+//! Metrics, structured logs and readiness, observed from outside the processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, Subscription};
+use serde_json::{Value, json};
+
+/// The value of the sample of `name` carrying all `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            return None;
+        }
+        labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))).then(|| value.parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_executions_by_kind_and_outcome() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({ "name": "metered", "tasks": [
+            { "key": "a", "kind": "noop" },
+            { "key": "b", "kind": "noop", "dependsOn": ["a"] },
+            { "key": "f", "kind": "fail", "payload": { "failTimes": 1 }, "retry": { "maxAttempts": 2, "initialDelayMs": 50, "jitter": false } },
+        ] }))
+        .await;
+    server.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(server.workflow(&id).await["status"], "COMPLETED");
+    let text = server.metrics().await;
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{text}"))
+    };
+    assert_eq!(get("taskorch_task_executions_total", &[("kind", "noop"), ("outcome", "completed")]), 2.0);
+    assert_eq!(get("taskorch_task_executions_total", &[("kind", "fail"), ("outcome", "failed")]), 1.0);
+    assert_eq!(get("taskorch_task_executions_total", &[("kind", "fail"), ("outcome", "completed")]), 1.0);
+    assert_eq!(get("taskorch_task_duration_seconds_count", &[("kind", "noop")]), 2.0);
+    assert_eq!(get("taskorch_task_duration_seconds_count", &[("kind", "fail")]), 2.0);
+    assert_eq!(get("taskorch_task_queue_wait_seconds_count", &[("kind", "noop")]), 2.0);
+    assert_eq!(get("taskorch_task_retries_total", &[]), 1.0);
+    assert_eq!(get("taskorch_tasks", &[("status", "COMPLETED")]), 3.0);
+    assert_eq!(get("taskorch_dispatch_backlog", &[]), 0.0);
+    assert!(get("taskorch_graphql_request_duration_seconds_count", &[("type", "mutation")]) >= 1.0);
+    assert!(get("taskorch_graphql_request_duration_seconds_count", &[("type", "query")]) >= 1.0);
+    assert_eq!(get("taskorch_workflows_finished_total", &[("event", "WORKFLOW_COMPLETED")]), 1.0);
+    assert!(get("taskorch_db_pool_connections", &[("pool", "read"), ("state", "idle")]) >= 0.0);
+}
+
+#[tokio::test]
+async fn task_log_lines_are_json_with_ids_and_without_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(common::binary("taskorch"))
+        .current_dir(dir.path())
+        .env("TASKORCH_LISTEN", "127.0.0.1:0")
+        .env("TASKORCH_DATABASE_URL", format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+        .env("TASKORCH_LOG", "info")
+        .env("TASKORCH_LOG_JSON", "true")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base =
+        line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches("/graphql").to_owned();
+    let http = reqwest::Client::new();
+    let body = json!({ "query": "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }", "variables": { "i": {
+        "name": "logged", "tasks": [
+            { "key": "a", "kind": "echo", "payload": { "card": "4111-SECRET-PAYLOAD" } },
+            { "key": "b", "kind": "fail", "retry": { "maxAttempts": 1 } },
+        ] } } });
+    let resp: Value = http.post(format!("{base}/graphql")).json(&body).send().await.unwrap().json().await.unwrap();
+    let id = resp["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
+    let mut sub = Subscription::open(
+        &base.replace("http://", "ws://"),
+        "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
+        json!({ "id": id }),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), sub.collect_until_complete()).await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("4111-SECRET-PAYLOAD"), "a payload reached the logs");
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "no JSON log lines:\n{text}");
+    let about_tasks: Vec<&Value> = lines.iter().filter(|l| l["span"]["name"] == "task.execute").collect();
+    assert!(about_tasks.len() >= 2, "task log lines:\n{text}");
+    for l in about_tasks {
+        let span = &l["span"];
+        assert_eq!(span["workflow.id"], id.as_str(), "{l}");
+        assert!(span["task.id"].is_string() && span["task.kind"].is_string() && span["attempt"].is_number(), "{l}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_redis_going_away_and_coming_back() {
+    if !common::production_services() {
+        eprintln!("readiness test: needs redis-server (run by .ci/run with the production services)");
+        return;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let start_redis = || {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    };
+    let mut redis = start_redis();
+    let url = format!("redis://127.0.0.1:{port}");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server =
+        Server::start_with(common::ServerOptions { worker: true, env: vec![("TASKORCH_REDIS_URL".into(), url)] }).await;
+    let ready = || async {
+        server.http().get(format!("{}/readyz", server.base)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    assert_eq!(ready().await, 200);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let t = std::time::Instant::now();
+    while ready().await != 503 {
+        assert!(t.elapsed() < Duration::from_secs(5), "/readyz still healthy 5 s after Redis stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut redis = start_redis();
+    let t = std::time::Instant::now();
+    while ready().await != 200 {
+        assert!(t.elapsed() < Duration::from_secs(15), "/readyz not healthy 15 s after Redis returned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

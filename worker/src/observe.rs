@@ -1,0 +1,86 @@
+//! Metrics shared by the server and the worker: one Prometheus recorder per process, rendered with the gauges that
+//! are read at scrape time (tasks by status, dispatch backlog, database pools).
+
+use std::fmt::Write;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use taskorch_engine::Engine;
+
+const SECONDS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Installs the process-wide recorder (histograms with fixed buckets). Returns `None` if one is installed already.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new().set_buckets(SECONDS).ok()?.install_recorder().ok()
+}
+
+/// The Prometheus text of this process: recorded metrics plus gauges read now.
+pub async fn render(handle: Option<&PrometheusHandle>, engine: &Engine) -> String {
+    let mut out = String::new();
+    if let Some(h) = handle {
+        h.run_upkeep();
+        out.push_str(&h.render());
+    }
+    let db = engine.store().database();
+    let (write, read) = db.statements_executed();
+    let _ = writeln!(out, "# HELP taskorch_db_statements_total SQL statements executed by this process, by pool.");
+    let _ = writeln!(out, "# TYPE taskorch_db_statements_total counter");
+    let _ = writeln!(out, "taskorch_db_statements_total{{pool=\"write\"}} {write}");
+    let _ = writeln!(out, "taskorch_db_statements_total{{pool=\"read\"}} {read}");
+    let _ = writeln!(out, "# HELP taskorch_db_pool_connections Database connections by pool and state.");
+    let _ = writeln!(out, "# TYPE taskorch_db_pool_connections gauge");
+    for (pool, (size, idle)) in [("write", db.pool_state(false)), ("read", db.pool_state(true))] {
+        let _ = writeln!(out, "taskorch_db_pool_connections{{pool=\"{pool}\",state=\"idle\"}} {idle}");
+        let _ = writeln!(
+            out,
+            "taskorch_db_pool_connections{{pool=\"{pool}\",state=\"in_use\"}} {}",
+            size.saturating_sub(idle)
+        );
+    }
+    if let Ok(stats) = engine.store().task_stats().await {
+        let _ = writeln!(out, "# HELP taskorch_tasks Tasks by status.");
+        let _ = writeln!(out, "# TYPE taskorch_tasks gauge");
+        for (status, n) in &stats.by_status {
+            let _ = writeln!(out, "taskorch_tasks{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP taskorch_dispatch_backlog Tasks due and not yet handed to the queue.");
+        let _ = writeln!(out, "# TYPE taskorch_dispatch_backlog gauge");
+        let _ = writeln!(out, "taskorch_dispatch_backlog {}", stats.backlog);
+    }
+    out
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of a worker process.
+pub fn router(handle: Option<PrometheusHandle>, backends: crate::setup::Backends) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let metrics = {
+        let engine = backends.engine.clone();
+        move || {
+            let (engine, handle) = (engine.clone(), handle.clone());
+            async move {
+                let text = render(handle.as_ref(), &engine).await;
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }
+        }
+    };
+    let ready = move || {
+        let backends = backends.clone();
+        async move {
+            let db = backends.engine.store().ping().await.is_ok();
+            let bus = backends.engine.bus().healthy();
+            let broker = match &backends.broker {
+                Some(q) => tokio::time::timeout(std::time::Duration::from_secs(3), q.healthy()).await.unwrap_or(false),
+                None => true,
+            };
+            let code = if db && bus && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let body = format!("{{\"database\":{db},\"broker\":{broker},\"eventBus\":{bus}}}");
+            (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    };
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+}
