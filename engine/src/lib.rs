@@ -12,6 +12,7 @@ pub mod queue;
 pub mod service;
 pub mod store;
 pub mod time;
+pub mod trace;
 
 pub use bus::{EventBus, InProcessEventBus, RedisEventBus};
 pub use error::Error;

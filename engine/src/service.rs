@@ -26,6 +26,8 @@ pub struct EngineOptions {
     pub reaper_period: Duration,
     /// Tasks fetched per dispatcher round.
     pub dispatch_batch: usize,
+    /// Traces are exported: dispatches carry trace context.
+    pub trace: bool,
 }
 
 impl Default for EngineOptions {
@@ -36,6 +38,7 @@ impl Default for EngineOptions {
             redeliver_after: Duration::from_secs(30),
             reaper_period: Duration::from_secs(5),
             dispatch_batch: 512,
+            trace: false,
         }
     }
 }
@@ -112,10 +115,12 @@ impl Engine {
 
     /// Validates, stores and starts a workflow. A resubmission with the same idempotency key and content returns
     /// the original; the same key with other content is a conflict.
+    #[tracing::instrument(name = "workflow.submit", skip_all, fields(workflow.name = %spec.name, tasks = spec.tasks.len()))]
     pub async fn submit(&self, spec: WorkflowSpec) -> Result<WorkflowRecord, Error> {
+        let trace_parent = crate::trace::traceparent(&tracing::Span::current());
         let content_hash = spec.content_hash();
         let validated = dag::validate(spec, &self.inner.opts.limits)?;
-        match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash }).await? {
+        match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash, trace_parent }).await? {
             SubmitOutcome::Existing(record) => Ok(record),
             SubmitOutcome::Created(record, events) => {
                 self.publish(events).await;
@@ -186,7 +191,19 @@ impl Engine {
     /// Due tasks for the queue.
     pub async fn fetch_due(&self, limit: usize, kinds: Option<&[String]>) -> Result<Vec<Dispatch>, Error> {
         let visibility = self.inner.opts.redeliver_after.as_micros() as i64;
-        self.inner.store.fetch_due(limit, kinds, visibility).await
+        let mut due = self.inner.store.fetch_due(limit, kinds, visibility).await?;
+        if self.inner.opts.trace && !due.is_empty() {
+            let mut ids: Vec<WorkflowId> = due.iter().map(|d| d.workflow_id).collect();
+            ids.sort();
+            ids.dedup();
+            let parents = self.inner.store.trace_parents(&ids).await?;
+            for d in &mut due {
+                let span = tracing::info_span!("task.dispatch", workflow.id = %d.workflow_id, task.id = %d.task_id, task.kind = %d.kind);
+                crate::trace::set_parent(&span, parents.get(&d.workflow_id).map(String::as_str));
+                d.trace = crate::trace::traceparent(&span);
+            }
+        }
+        Ok(due)
     }
 
     /// Makes dispatched tasks due again at once (their publish failed).

@@ -29,9 +29,6 @@ pub struct Config {
     /// Browser origins allowed to call the API (comma-separated, `*` for any); none by default (same origin only).
     #[arg(long, env = "TASKORCH_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
-    /// Log as JSON (default: JSON unless stderr is a terminal).
-    #[arg(long, env = "TASKORCH_LOG_JSON", global = true)]
-    pub log_json: Option<bool>,
     #[command(flatten)]
     pub worker: taskorch_worker::config::Config,
 }

@@ -13,8 +13,18 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    telemetry::init(config.log_json);
-    if let Err(err) = run(config).await {
+    let traces = match telemetry::init(&config) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("taskorch: {err}");
+            std::process::exit(1);
+        }
+    };
+    let result = run(config).await;
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    if let Err(err) = result {
         eprintln!("taskorch: {err}");
         std::process::exit(1);
     }

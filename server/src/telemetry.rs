@@ -1,20 +1,10 @@
-//! Logging set-up: human-readable on a terminal, JSON otherwise (or with `TASKORCH_LOG_FORMAT=json`); level from
-//! `TASKORCH_LOG` or `RUST_LOG`.
+//! Telemetry of the server binary: logs and traces, set up by the shared `taskorch_worker::observe`.
 
-use std::io::IsTerminal;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
-use tracing_subscriber::EnvFilter;
+use crate::config::Config;
 
-/// Installs the global subscriber. Logs go to stderr; stdout carries only the bound URL.
-pub fn init(json: Option<bool>) {
-    let filter = EnvFilter::try_from_env("TASKORCH_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,sea_orm=warn,sqlx=warn"));
-    let json = json.unwrap_or_else(|| !std::io::stderr().is_terminal());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        let _ = builder.json().flatten_event(true).try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+/// Installs logging and, with `TASKORCH_OTLP_ENDPOINT`, trace export. Shut the provider down before exiting.
+pub fn init(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
+    taskorch_worker::observe::init_tracing("taskorch", config.worker.log_json, config.worker.otlp_endpoint.as_deref())
 }

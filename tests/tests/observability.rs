@@ -149,3 +149,121 @@ async fn readiness_follows_redis_going_away_and_coming_back() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// A minimal OTLP/HTTP (JSON) collector (Python's standard library), writing each export request to a file.
+struct Collector {
+    child: std::process::Child,
+    url: String,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spans.jsonl");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let script = format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_POST(self):\n\
+             \x20       body = self.rfile.read(int(self.headers.get('content-length', 0)))\n\
+             \x20       with open({file:?}, 'ab') as f: f.write(body.replace(b'\\n', b' ') + b'\\n')\n\
+             \x20       self.send_response(200); self.send_header('content-type', 'application/json'); self.end_headers(); self.wfile.write(b'{{}}')\n\
+             \x20   def log_message(self, *a): pass\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n",
+            file = file.display().to_string()
+        );
+        let child = Command::new("python3").args(["-c", &script]).spawn().expect("python3");
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, url: format!("http://127.0.0.1:{port}"), file, _dir: dir }
+    }
+
+    /// (service name, span) of every span received so far.
+    fn spans(&self) -> Vec<(String, Value)> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let mut out = Vec::new();
+        for doc in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+            for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
+                let service = rs["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["key"] == "service.name")
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in ss["spans"].as_array().into_iter().flatten() {
+                        out.push((service.clone(), span.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn one_trace_links_submission_dispatch_and_execution_in_another_process() {
+    let collector = Collector::start();
+    let env = vec![
+        ("TASKORCH_OTLP_ENDPOINT".to_owned(), collector.url.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ];
+    let server = Server::start_with(common::ServerOptions { worker: false, env: env.clone() }).await;
+    let mut worker = std::process::Command::new(common::binary("taskorch-worker"))
+        .current_dir(server.dir.path())
+        .envs(server.backend_env.iter().cloned())
+        .envs(env.iter().cloned())
+        .env("TASKORCH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = server.submit(json!({ "name": "traced", "tasks": [{ "key": "a", "kind": "noop" }, { "key": "b", "kind": "noop", "dependsOn": ["a"] }] })).await;
+    server.wait_finished(&id, Duration::from_secs(60)).await;
+    let named = |spans: &[(String, Value)], service: &str, name: &str| -> Vec<Value> {
+        spans.iter().filter(|(s, sp)| s == service && sp["name"] == name).map(|(_, sp)| sp.clone()).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = collector.spans();
+        let submit = named(&all, "taskorch", "workflow.submit");
+        if let Some(root) = submit.first() {
+            let trace = root["traceId"].as_str().unwrap_or_default().to_owned();
+            let in_trace = |v: &Vec<Value>| v.iter().filter(|s| s["traceId"] == trace.as_str()).count();
+            // Without a broker the worker process dispatches; with one, every process may.
+            let dispatch: Vec<Value> =
+                all.iter().filter(|(_, sp)| sp["name"] == "task.dispatch").map(|(_, sp)| sp.clone()).collect();
+            let execute = named(&all, "taskorch-worker", "task.execute");
+            let complete = named(&all, "taskorch-worker", "task.complete");
+            if in_trace(&dispatch) >= 2 && in_trace(&execute) >= 2 && in_trace(&complete) >= 2 {
+                // execute spans are children of dispatch spans (carried through the queue from the server process)
+                let dispatch_ids: Vec<&str> = dispatch.iter().filter_map(|d| d["spanId"].as_str()).collect();
+                assert!(
+                    execute
+                        .iter()
+                        .filter(|e| e["traceId"] == trace.as_str())
+                        .all(|e| dispatch_ids.contains(&e["parentSpanId"].as_str().unwrap_or_default()))
+                );
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "spans of one trace not all received: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

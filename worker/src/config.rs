@@ -37,6 +37,12 @@ pub struct Config {
     /// Prefix of broker queues and Redis channels, so several deployments can share them.
     #[arg(long, env = "TASKORCH_NAMESPACE", default_value = "taskorch")]
     pub namespace: String,
+    /// Log as JSON (default: JSON unless stderr is a terminal).
+    #[arg(long, env = "TASKORCH_LOG_JSON")]
+    pub log_json: Option<bool>,
+    /// OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`): traces are exported there when set.
+    #[arg(long, env = "TASKORCH_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Address of the worker's `/metrics`, `/healthz` and `/readyz` (worker binary only; off when unset).
     #[arg(long, env = "TASKORCH_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -83,6 +89,7 @@ impl Config {
             } else {
                 30_000
             })),
+            trace: self.otlp_endpoint.is_some(),
             ..EngineOptions::default()
         }
     }

@@ -9,18 +9,22 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_env_filter(env_filter()).with_writer(std::io::stderr).init();
     let config = Config::parse();
-    if let Err(err) = run(config).await {
+    let traces = match observe::init_tracing("taskorch-worker", config.log_json, config.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("taskorch-worker: {err}");
+            std::process::exit(1);
+        }
+    };
+    let result = run(config).await;
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    if let Err(err) = result {
         eprintln!("taskorch-worker: {err}");
         std::process::exit(1);
     }
-}
-
-fn env_filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_env("TASKORCH_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

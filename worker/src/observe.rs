@@ -84,3 +84,53 @@ pub fn router(handle: Option<PrometheusHandle>, backends: crate::setup::Backends
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
 }
+
+/// Installs logging (JSON or human-readable on stderr, level from `TASKORCH_LOG`/`RUST_LOG`) and, when an OTLP
+/// endpoint is given, trace export over OTLP/HTTP with W3C trace-context propagation. Keep the returned provider
+/// and call `shutdown` on it before exiting, so the last spans are flushed.
+pub fn init_tracing(
+    service: &'static str,
+    json: Option<bool>,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use std::io::IsTerminal;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    let filter = EnvFilter::try_from_env("TASKORCH_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,sea_orm=warn,sqlx=warn"));
+    let json = json.unwrap_or_else(|| !std::io::stderr().is_terminal());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
+    // The log level filters log lines only: spans for traces are kept at info whatever the log level.
+    let fmt = fmt.with_filter(filter);
+    let (otel, provider) = match otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()
+                .map_err(|e| anyhow::anyhow!("TASKORCH_OTLP_ENDPOINT ({endpoint}) is unusable: {e}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+                .build();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service))
+                .with_filter(EnvFilter::new("info,sea_orm=warn,sqlx=warn,hyper=warn,reqwest=warn,h2=warn,lapin=warn"));
+            (Some(layer), Some(provider))
+        }
+    };
+    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    Ok(provider)
+}

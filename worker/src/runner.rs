@@ -85,7 +85,7 @@ pub async fn run_worker(
     let slots = Arc::new(Semaphore::new(concurrency));
     let held: Held = Arc::new(Mutex::new(HashMap::new()));
     let abort = CancellationToken::new();
-    let (report_tx, report_rx) = mpsc::unbounded_channel::<(Outcome, Option<Ack>)>();
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<(Outcome, Option<Ack>, Option<String>)>();
     let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx));
     let beats = CancellationToken::new();
     let heartbeat = tokio::spawn(run_heartbeat(engine.clone(), held.clone(), opts.heartbeat, beats.clone()));
@@ -124,6 +124,8 @@ pub async fn run_worker(
             dispatches.push(dispatch);
         }
         let claimed = claim_with_retry(&engine, &dispatches).await.unwrap_or_default();
+        let mut traces: HashMap<TaskId, String> =
+            dispatches.into_iter().filter_map(|d| Some((d.task_id, d.trace?))).collect();
         let mut claimed_acks = HashMap::with_capacity(claimed.len());
         for task in &claimed {
             if let Some(ack) = acks.remove(&task.task_id) {
@@ -158,6 +160,9 @@ pub async fn run_worker(
                 "task.execute",
                 workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
             );
+            // The dispatch span (possibly in another process) is the parent, through the message.
+            taskorch_engine::trace::set_parent(&span, traces.remove(&task.task_id).as_deref());
+            let execute_trace = taskorch_engine::trace::traceparent(&span);
             tokio::spawn(
                 async move {
                     let id = task.task_id;
@@ -167,7 +172,7 @@ pub async fn run_worker(
                     }
                     // A lost attempt's result is not reported: the store would refuse it anyway.
                     if !lost.is_cancelled() {
-                        let _ = report_tx.send((outcome, ack));
+                        let _ = report_tx.send((outcome, ack, execute_trace));
                     } else if let Some(ack) = ack {
                         ack.ack().await;
                     }
@@ -287,15 +292,26 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
 }
 
 /// Group commit: reports everything waiting in one transaction.
-async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, Option<Ack>)>) {
+async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, Option<Ack>, Option<String>)>) {
     let mut batch = Vec::with_capacity(512);
     let mut acks = Vec::with_capacity(512);
-    while let Some((first, ack)) = rx.recv().await {
+    // One `task.complete` span per traced outcome, child of its `task.execute`, open across the commit.
+    let mut spans = Vec::new();
+    let trace = |o: &Outcome, t: Option<String>, spans: &mut Vec<tracing::Span>| {
+        if let Some(t) = t {
+            let span = tracing::info_span!("task.complete", task.id = %o.task_id, attempt = o.attempt);
+            taskorch_engine::trace::set_parent(&span, Some(&t));
+            spans.push(span);
+        }
+    };
+    while let Some((first, ack, t)) = rx.recv().await {
+        trace(&first, t, &mut spans);
         batch.push(first);
         acks.extend(ack);
         while batch.len() < 512 {
             match rx.try_recv() {
-                Ok((o, ack)) => {
+                Ok((o, ack, t)) => {
+                    trace(&o, t, &mut spans);
                     batch.push(o);
                     acks.extend(ack);
                 }
@@ -327,6 +343,7 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, 
             }
         }
         batch.clear();
+        spans.clear();
         // Acknowledge only now that the outcomes are committed: a crash before this redelivers the messages.
         for ack in acks.drain(..) {
             ack.ack().await;

@@ -34,6 +34,9 @@ pub struct Dispatch {
     pub fence: i32,
     /// Order of dispatch, for FIFO within a priority.
     pub seq: u64,
+    /// W3C `traceparent` of the dispatch span, when tracing is exported.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 impl Ord for Dispatch {
@@ -166,6 +169,7 @@ mod tests {
             priority,
             fence: 0,
             seq,
+            trace: None,
         }
     }
 

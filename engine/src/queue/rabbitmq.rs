@@ -244,9 +244,15 @@ impl Inner {
         let mut confirms = Vec::with_capacity(batch.len());
         for d in &batch {
             let body = rmp_serde::to_vec(d).map_err(|e| QueueError(e.to_string()))?;
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_priority(d.priority.clamp(0, i16::from(PRIORITY_MAX)) as u8);
+            if let Some(tp) = &d.trace {
+                // W3C trace context in the message headers, for any consumer or broker tooling that reads them.
+                let mut headers = FieldTable::default();
+                headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
+                props = props.with_headers(headers);
+            }
             let confirm = channel
                 .basic_publish(
                     exchange.as_str().into(),

@@ -115,9 +115,33 @@ impl Store {
                 priority: row.try_get_by_index(5)?,
                 fence: if compensate { row.try_get_by_index(7)? } else { row.try_get_by_index(6)? },
                 seq: available_at.max(0) as u64,
+                trace: None,
             });
         }
         out.sort_by(|a, b| b.cmp(a));
+        Ok(out)
+    }
+
+    /// Trace contexts of the given workflows' submissions.
+    pub async fn trace_parents(&self, ids: &[WorkflowId]) -> Result<HashMap<WorkflowId, String>, Error> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let values: Vec<Value> = chunk.iter().map(|id| id.0.into()).collect();
+            let rows = self
+                .db
+                .read
+                .query_all_raw(self.db.stmt(
+                    &format!(
+                        "SELECT id, trace_parent FROM workflow WHERE trace_parent IS NOT NULL AND id IN ({})",
+                        placeholders(chunk.len())
+                    ),
+                    values,
+                ))
+                .await?;
+            for r in rows {
+                out.insert(WorkflowId(r.try_get_by_index(0)?), r.try_get_by_index(1)?);
+            }
+        }
         Ok(out)
     }
 

@@ -19,6 +19,8 @@ pub struct NewWorkflow {
     pub validated: ValidatedWorkflow,
     /// Hash of the submitted content, to tell a true resubmission from a reused idempotency key.
     pub content_hash: String,
+    /// Trace context of the submission.
+    pub trace_parent: Option<String>,
 }
 
 /// What a submission did.
@@ -56,6 +58,7 @@ impl Store {
             started_at: Set(Some(now)),
             finished_at: Set(None),
             updated_at: Set(now),
+            trace_parent: Set(new.trace_parent.clone()),
         };
 
         let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
