@@ -112,15 +112,8 @@ async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, up
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let db = state.engine.store().ping().await.is_ok();
-    let migrated = state.engine.store().database().pending_migrations().await.map(|n| n == 0).unwrap_or(false);
-    let bus = state.engine.bus().healthy();
-    let broker = match &state.broker {
-        Some(q) => tokio::time::timeout(std::time::Duration::from_secs(3), q.healthy()).await.unwrap_or(false),
-        None => true,
-    };
-    let body = serde_json::json!({ "database": db, "migrations": migrated, "broker": broker, "eventBus": bus });
-    let code = if db && migrated && bus && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let (ok, body) = taskorch_worker::observe::readiness(&state.engine, state.broker.as_ref()).await;
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
 }
 

@@ -7,8 +7,7 @@ use clap::Parser;
 use taskorch_server::app::{AppOptions, router};
 use taskorch_server::config::{Command, Config};
 use taskorch_server::{graphql, telemetry};
-use taskorch_worker::{Registry, setup};
-use tokio_util::sync::CancellationToken;
+use taskorch_worker::{Registry, observe, setup};
 
 #[tokio::main]
 async fn main() {
@@ -21,9 +20,7 @@ async fn main() {
         }
     };
     let result = run(config).await;
-    if let Some(t) = traces {
-        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
-    }
+    observe::shutdown_tracing(traces).await;
     if let Err(err) = result {
         eprintln!("taskorch: {err}");
         std::process::exit(1);
@@ -48,8 +45,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("taskorch listening on http://{addr}/graphql (playground: http://{addr}/playground)");
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let shutdown = setup::stop_on_signal();
     let work = tokio::spawn(setup::run(
         backends.clone(),
         registry,
@@ -69,17 +65,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     let _ = work.await;
     Ok(())
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping: no new claims, finishing in-flight attempts");
-    shutdown.cancel();
 }

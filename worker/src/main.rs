@@ -5,7 +5,6 @@ use std::sync::Arc;
 use clap::Parser;
 use taskorch_worker::config::Config;
 use taskorch_worker::{Registry, observe, setup};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
@@ -18,9 +17,7 @@ async fn main() {
         }
     };
     let result = run(config).await;
-    if let Some(t) = traces {
-        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
-    }
+    observe::shutdown_tracing(traces).await;
     if let Err(err) = result {
         eprintln!("taskorch-worker: {err}");
         std::process::exit(1);
@@ -39,22 +36,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let app = observe::router(metrics, backends.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let shutdown = setup::stop_on_signal();
     println!("taskorch-worker running (concurrency {})", config.concurrency);
     setup::run(backends, registry, config.worker_options(), true, shutdown).await;
     Ok(())
-}
-
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("stopping: no new claims, finishing in-flight attempts");
-    shutdown.cancel();
 }

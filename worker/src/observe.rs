@@ -68,15 +68,9 @@ pub fn router(handle: Option<PrometheusHandle>, backends: crate::setup::Backends
     let ready = move || {
         let backends = backends.clone();
         async move {
-            let db = backends.engine.store().ping().await.is_ok();
-            let bus = backends.engine.bus().healthy();
-            let broker = match &backends.broker {
-                Some(q) => tokio::time::timeout(std::time::Duration::from_secs(3), q.healthy()).await.unwrap_or(false),
-                None => true,
-            };
-            let code = if db && bus && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            let body = format!("{{\"database\":{db},\"broker\":{broker},\"eventBus\":{bus}}}");
-            (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+            let (ok, body) = readiness(&backends.engine, backends.broker.as_ref()).await;
+            let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (code, axum::Json(body)).into_response()
         }
     };
     axum::Router::new()
@@ -133,4 +127,28 @@ pub fn init_tracing(
     };
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     Ok(provider)
+}
+
+/// Flushes and stops trace export (call before the process exits).
+pub async fn shutdown_tracing(provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+    if let Some(p) = provider {
+        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    }
+}
+
+/// Readiness of a process: the database answers with no migration pending, and the broker and the Redis bus (when
+/// configured) are reachable. Returns the verdict and a JSON body naming each part.
+pub async fn readiness(
+    engine: &Engine,
+    broker: Option<&std::sync::Arc<dyn taskorch_engine::TaskQueue>>,
+) -> (bool, serde_json::Value) {
+    let db = engine.store().ping().await.is_ok();
+    let migrated = engine.store().database().pending_migrations().await.map(|n| n == 0).unwrap_or(false);
+    let bus = engine.bus().healthy();
+    let broker = match broker {
+        Some(q) => tokio::time::timeout(std::time::Duration::from_secs(3), q.healthy()).await.unwrap_or(false),
+        None => true,
+    };
+    let body = serde_json::json!({ "database": db, "migrations": migrated, "broker": broker, "eventBus": bus });
+    (db && migrated && bus && broker, body)
 }

@@ -94,3 +94,22 @@ pub async fn run(
         }
     }
 }
+
+/// A token cancelled on SIGTERM or SIGINT: the graceful stop of either binary.
+pub fn stop_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new claims, finishing in-flight attempts");
+        stop.cancel();
+    });
+    token
+}

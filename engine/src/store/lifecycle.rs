@@ -7,7 +7,7 @@ use taskorch_domain::{EventType, NewEvent, TaskStatus, WorkflowId, WorkflowStatu
 use taskorch_entity::workflow;
 use uuid::Uuid;
 
-use super::Store;
+use super::{Store, keys_in_order};
 use crate::error::Error;
 use crate::model::{EventRecord, WorkflowRecord};
 use crate::time::now_us;
@@ -61,12 +61,8 @@ impl Store {
                         vec![now.into(), wf.into()],
                     ))
                     .await?;
-                let mut keys: Vec<(i32, String)> = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
-                    .collect::<Result<_, sea_orm::DbErr>>()?;
-                keys.sort();
-                events.extend(keys.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskCompensating, k)));
+                let keys = keys_in_order(&rows)?;
+                events.extend(keys.into_iter().map(|k| NewEvent::task(EventType::TaskCompensating, k)));
             }
             (Action::Retry, _) => {
                 events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(json!({ "reason": "retry" })));

@@ -175,6 +175,14 @@ async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at
     Ok(())
 }
 
+/// Task keys from rows of `… RETURNING key, position`, in definition order (RETURNING has no order of its own).
+fn keys_in_order(rows: &[sea_orm::QueryResult]) -> Result<Vec<String>, DbErr> {
+    let mut keyed: Vec<(i32, String)> =
+        rows.iter().map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?))).collect::<Result<_, DbErr>>()?;
+    keyed.sort();
+    Ok(keyed.into_iter().map(|(_, k)| k).collect())
+}
+
 /// Whether an error is a unique-constraint violation.
 fn is_unique_violation(err: &DbErr) -> bool {
     let text = err.to_string().to_lowercase();

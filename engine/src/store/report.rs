@@ -8,8 +8,8 @@ use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
 use uuid::Uuid;
 
-use super::Store;
 use super::exec::{Outcome, OutcomeKind, Report};
+use super::{Store, keys_in_order};
 use crate::db::placeholders;
 use crate::error::Error;
 use crate::queue::Phase;
@@ -116,13 +116,9 @@ impl Store {
                         ready_values,
                     ))
                     .await?;
-                let mut ready: Vec<(i32, String)> = ready
-                    .iter()
-                    .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
-                    .collect::<Result<_, sea_orm::DbErr>>()?;
-                ready.sort();
+                let ready = keys_in_order(&ready)?;
                 report.made_ready += ready.len();
-                events.extend(ready.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskQueued, k)));
+                events.extend(ready.into_iter().map(|k| NewEvent::task(EventType::TaskQueued, k)));
             }
         }
         // The workflow's counters, its completion and the events are written once per batch (see `flush`).
@@ -240,12 +236,7 @@ impl Store {
                 vec![now.into(), wf.into()],
             ))
             .await?;
-        let mut keys: Vec<(i32, String)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get_by_index(1)?, r.try_get_by_index(0)?)))
-            .collect::<Result<_, sea_orm::DbErr>>()?;
-        keys.sort();
-        Ok(keys.into_iter().map(|(_, k)| NewEvent::task(EventType::TaskCancelled, k)).collect())
+        Ok(keys_in_order(&rows)?.into_iter().map(|k| NewEvent::task(EventType::TaskCancelled, k)).collect())
     }
 
     async fn release(
