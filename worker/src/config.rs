@@ -22,6 +22,9 @@ pub struct Config {
     /// Database connections per process.
     #[arg(long, env = "TASKORCH_DB_POOL_SIZE", default_value_t = 20)]
     pub db_pool_size: u32,
+    /// Extra connections the write pool may open under load, beyond the pool size.
+    #[arg(long, env = "TASKORCH_DB_POOL_OVERFLOW", default_value_t = 10)]
+    pub db_pool_overflow: u32,
     /// Connections of the separate read pool (bulkhead).
     #[arg(long, env = "TASKORCH_DB_READ_POOL_SIZE", default_value_t = 8)]
     pub db_read_pool_size: u32,
@@ -113,7 +116,7 @@ impl Config {
 
     pub fn pools(&self) -> PoolOptions {
         PoolOptions {
-            max_connections: self.db_pool_size,
+            max_connections: self.db_pool_size + self.db_pool_overflow,
             read_connections: self.db_read_pool_size,
             read_url: self.database_read_url.clone(),
         }
