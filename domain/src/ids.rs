@@ -41,6 +41,14 @@ macro_rules! id_type {
 
 id_type!(WorkflowId, "workflow");
 id_type!(TaskId, "task");
+id_type!(TenantId, "tenant (project)");
+id_type!(UserId, "user");
+id_type!(ApiKeyId, "API key");
+
+impl TenantId {
+    /// The tenant created on first start, which owns the bootstrap admin; its admins manage every tenant.
+    pub const SYSTEM: TenantId = TenantId(Uuid::from_u128(1));
+}
 
 #[cfg(test)]
 mod tests {

@@ -76,6 +76,12 @@ impl Database {
         }
     }
 
+    /// Connection for reads that must see the latest commit (credentials: a revoked key is refused at once). On
+    /// SQLite every pool reads the same file; on PostgreSQL the read pool may be a lagging replica.
+    pub fn fresh(&self) -> &DatabaseConnection {
+        if self.backend == DbBackend::Sqlite { &self.read } else { &self.write }
+    }
+
     fn counted(mut write: DatabaseConnection, mut read: DatabaseConnection, backend: DbBackend) -> Self {
         let statements: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         for (pool, conn) in [(WRITE, &mut write), (READ, &mut read)] {

@@ -11,6 +11,15 @@ pub enum Error {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// Input refused outside the workflow rules (an email, a password, a name, a date).
+    #[error("{0}")]
+    BadInput(String),
+    /// No credential, or one that is not valid (unknown, expired, revoked, badly signed).
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A valid credential without the permission the call needs.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the workflow is {current}, so it cannot be {action}")]
     InvalidState { current: WorkflowStatus, action: &'static str },
     /// A database failure; its cause is logged, never shown to clients.

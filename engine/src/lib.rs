@@ -2,6 +2,7 @@
 //! ports, and their adapters: the SeaORM store, the in-process queue and the in-process event bus. Shared by the
 //! server and the worker.
 
+pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod db;
@@ -9,6 +10,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod model;
 pub mod queue;
+pub mod ratelimit;
 pub mod service;
 pub mod store;
 pub mod time;

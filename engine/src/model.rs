@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
-use taskorch_domain::{EventType, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
+use taskorch_domain::{EventType, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
 use taskorch_entity::{event, task, workflow};
 
 use crate::error::Error;
@@ -11,6 +11,7 @@ use crate::time::to_datetime;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkflowRecord {
     pub id: WorkflowId,
+    pub tenant_id: TenantId,
     pub name: String,
     pub status: WorkflowStatus,
     pub idempotency_key: Option<String>,
@@ -28,6 +29,7 @@ impl TryFrom<workflow::Model> for WorkflowRecord {
     fn try_from(m: workflow::Model) -> Result<Self, Error> {
         Ok(Self {
             id: WorkflowId(m.id),
+            tenant_id: TenantId(m.tenant_id),
             status: m.status.parse().map_err(Error::corrupt)?,
             name: m.name,
             idempotency_key: m.idempotency_key,
@@ -105,10 +107,12 @@ pub struct EventRecord {
     pub data: Json,
     /// Name of the workflow, for firehose filters.
     pub workflow_name: String,
+    /// Owner of the workflow: subscribers see only their tenant's events.
+    pub tenant_id: TenantId,
 }
 
 impl EventRecord {
-    pub(crate) fn from_model(m: event::Model, workflow_name: String) -> Result<Self, Error> {
+    pub(crate) fn from_model(m: event::Model, workflow_name: String, tenant_id: TenantId) -> Result<Self, Error> {
         Ok(Self {
             workflow_id: WorkflowId(m.workflow_id),
             sequence: m.sequence,
@@ -117,6 +121,7 @@ impl EventRecord {
             at: to_datetime(m.at),
             data: m.data.unwrap_or(Json::Null),
             workflow_name,
+            tenant_id,
         })
     }
 }
@@ -124,6 +129,8 @@ impl EventRecord {
 /// Filter of the workflow list.
 #[derive(Debug, Clone, Default)]
 pub struct WorkflowFilter {
+    /// Only this tenant's workflows (every API call sets it).
+    pub tenant: Option<TenantId>,
     pub status: Option<WorkflowStatus>,
     pub name: Option<String>,
 }
@@ -133,4 +140,74 @@ pub struct WorkflowFilter {
 pub struct WorkflowPage {
     pub items: Vec<WorkflowRecord>,
     pub has_next_page: bool,
+}
+
+/// A tenant (project).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    pub id: taskorch_domain::TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<taskorch_entity::tenant::Model> for TenantRecord {
+    fn from(m: taskorch_entity::tenant::Model) -> Self {
+        Self { id: taskorch_domain::TenantId(m.id), name: m.name, created_at: to_datetime(m.created_at) }
+    }
+}
+
+/// A user (without its password hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: taskorch_domain::UserId,
+    pub tenant_id: taskorch_domain::TenantId,
+    pub email: String,
+    pub role: taskorch_domain::Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<taskorch_entity::user::Model> for UserRecord {
+    type Error = Error;
+    fn try_from(m: taskorch_entity::user::Model) -> Result<Self, Error> {
+        Ok(Self {
+            id: taskorch_domain::UserId(m.id),
+            tenant_id: taskorch_domain::TenantId(m.tenant_id),
+            role: m.role.parse().map_err(Error::corrupt)?,
+            email: m.email,
+            created_at: to_datetime(m.created_at),
+        })
+    }
+}
+
+/// An API key (without its secret).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: taskorch_domain::ApiKeyId,
+    pub tenant_id: taskorch_domain::TenantId,
+    pub name: String,
+    pub role: taskorch_domain::Role,
+    /// The visible part of the token (`tok_<prefix>_…`).
+    pub prefix: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl TryFrom<taskorch_entity::api_key::Model> for ApiKeyRecord {
+    type Error = Error;
+    fn try_from(m: taskorch_entity::api_key::Model) -> Result<Self, Error> {
+        Ok(Self {
+            id: taskorch_domain::ApiKeyId(m.id),
+            tenant_id: taskorch_domain::TenantId(m.tenant_id),
+            role: m.role.parse().map_err(Error::corrupt)?,
+            name: m.name,
+            prefix: m.prefix,
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+            revoked_at: m.revoked_at,
+            last_used_at: m.last_used_at,
+        })
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskorch_domain::lifecycle::Action;
-use taskorch_domain::{EventType, Limits, WorkflowId, WorkflowSpec, dag};
+use taskorch_domain::{EventType, Limits, TenantId, WorkflowId, WorkflowSpec, dag};
 use tokio::sync::Notify;
 
 use crate::bus::EventBus;
@@ -116,11 +116,11 @@ impl Engine {
     /// Validates, stores and starts a workflow. A resubmission with the same idempotency key and content returns
     /// the original; the same key with other content is a conflict.
     #[tracing::instrument(name = "workflow.submit", skip_all, fields(workflow.name = %spec.name, tasks = spec.tasks.len()))]
-    pub async fn submit(&self, spec: WorkflowSpec) -> Result<WorkflowRecord, Error> {
+    pub async fn submit(&self, tenant: TenantId, spec: WorkflowSpec) -> Result<WorkflowRecord, Error> {
         let trace_parent = crate::trace::traceparent(&tracing::Span::current());
         let content_hash = spec.content_hash();
         let validated = dag::validate(spec, &self.inner.opts.limits)?;
-        match self.inner.store.insert_workflow(NewWorkflow { validated, content_hash, trace_parent }).await? {
+        match self.inner.store.insert_workflow(NewWorkflow { tenant, validated, content_hash, trace_parent }).await? {
             SubmitOutcome::Existing(record) => Ok(record),
             SubmitOutcome::Created(record, events) => {
                 self.publish(events).await;
@@ -139,6 +139,11 @@ impl Engine {
             self.inner.cache.put(r).await;
         }
         Ok(record)
+    }
+
+    /// One workflow of `tenant`; another tenant's workflow is reported as missing, like an unknown id.
+    pub async fn workflow_of(&self, tenant: TenantId, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
+        Ok(self.workflow(id).await?.filter(|w| w.tenant_id == tenant))
     }
 
     pub async fn workflows(
@@ -165,8 +170,12 @@ impl Engine {
         self.inner.store.events(id, after_sequence, limit).await
     }
 
-    /// Applies an operator action (cancel, pause, resume, retry) and returns the workflow as it is now.
-    pub async fn act(&self, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
+    /// Applies an operator action (cancel, pause, resume, retry) to a workflow of `tenant` and returns the
+    /// workflow as it is now.
+    pub async fn act(&self, tenant: TenantId, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
+        if self.workflow_of(tenant, id).await?.is_none() {
+            return Err(Error::NotFound { what: "workflow", id: id.to_string() });
+        }
         let (record, events) = self.inner.store.apply_action(id, action).await?;
         self.publish(events).await;
         if matches!(action, Action::Resume | Action::Retry) {
@@ -175,11 +184,13 @@ impl Engine {
         Ok(record)
     }
 
-    /// Applies an action to every workflow matching `filter` for which it is allowed; returns how many changed.
-    pub async fn act_many(&self, filter: &WorkflowFilter, action: Action) -> Result<usize, Error> {
+    /// Applies an action to every workflow of `tenant` matching `filter` for which it is allowed; returns how many
+    /// changed.
+    pub async fn act_many(&self, tenant: TenantId, filter: &WorkflowFilter, action: Action) -> Result<usize, Error> {
         let mut changed = 0;
-        for id in self.inner.store.workflow_ids(filter).await? {
-            match self.act(id, action).await {
+        let filter = WorkflowFilter { tenant: Some(tenant), ..filter.clone() };
+        for id in self.inner.store.workflow_ids(&filter).await? {
+            match self.act(tenant, id, action).await {
                 Ok(_) => changed += 1,
                 Err(Error::InvalidState { .. } | Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),

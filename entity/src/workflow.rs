@@ -7,6 +7,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// Owner; every read and action is scoped to it.
+    pub tenant_id: Uuid,
     pub name: String,
     pub status: String,
     pub idempotency_key: Option<String>,

@@ -3,9 +3,16 @@
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use async_graphql::{BatchRequest, BatchResponse};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{ConnectInfo, FromRequestParts, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -13,43 +20,52 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, header};
 use metrics_exporter_prometheus::PrometheusHandle;
+use taskorch_engine::auth::Auth;
 use taskorch_engine::{Engine, TaskQueue};
 use taskorch_worker::setup::Backends;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::auth::{self, Caller};
+use crate::error::code;
 use crate::graphql::loaders::TaskLoader;
 use crate::graphql::subscription::ActiveSubscriptions;
-use crate::graphql::{AppSchema, build_schema};
+use crate::graphql::{AppSchema, SchemaOptions, build_schema};
 use crate::playground;
 
 #[derive(Clone)]
 pub struct AppState {
     pub schema: AppSchema,
     pub engine: Engine,
+    pub auth: Auth,
     pub subscriptions: ActiveSubscriptions,
     /// The broker queue, when configured (for readiness).
     pub broker: Option<Arc<dyn TaskQueue>>,
     pub metrics: Option<PrometheusHandle>,
+    pub max_batch: usize,
 }
 
 /// Options of the HTTP layer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppOptions {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// The process's metrics recorder.
     pub metrics: Option<PrometheusHandle>,
+    pub schema: SchemaOptions,
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    let layer = CorsLayer::new().allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+    ]);
     if origins.iter().any(|o| o == "*") {
         return Some(layer.allow_origin(AllowOrigin::any()));
     }
@@ -57,17 +73,35 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(layer.allow_origin(AllowOrigin::list(list)))
 }
 
+/// Headers on every response: no sniffing, no framing, no referrer, and a CSP that allows only this origin
+/// (the playground's script and styles are served from it).
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("strict-transport-security", "max-age=31536000"),
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+         font-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+];
+
 pub fn router(backends: Backends, opts: AppOptions) -> Router {
     let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
     let state = AppState {
-        schema: build_schema(engine.clone(), subscriptions.clone()),
+        schema: build_schema(engine.clone(), subscriptions.clone(), opts.schema.clone()),
         engine,
+        auth: opts.schema.auth.clone(),
         subscriptions,
         broker,
         metrics: opts.metrics.clone(),
+        max_batch: opts.schema.limits.max_batch,
     };
-    Router::new()
+    let max_body = opts.max_body_bytes;
+    let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
         .route("/", get(|| async { Redirect::temporary("/playground") }))
@@ -78,37 +112,186 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(RequestBodyLimitLayer::new(opts.max_body_bytes))
-        .layer(tower::util::option_layer(cors(&opts.cors_origins)))
-        .with_state(state)
+        .layer(axum::middleware::map_response(move |r: Response| async move { body_limit_error(r, max_body) }))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(max_body, req, next)));
+    for (name, value) in SECURITY_HEADERS {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    router.layer(tower::util::option_layer(cors(&opts.cors_origins))).with_state(state)
 }
 
-async fn graphql_post(State(state): State<AppState>, req: GraphQLRequest) -> GraphQLResponse {
-    state.schema.execute(with_loaders(&state, req.into_inner())).await.into()
+/// Most of an oversized body read (and dropped) before answering, and for how long.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// A request declaring a body over the limit is answered 413 without being parsed. What the client sends is read
+/// and dropped first (within bounds), so it sees the answer rather than a connection reset mid-upload.
+async fn refuse_declared_oversize(max: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= max as u64) {
+        return next.run(req).await;
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    body_limit_error(StatusCode::PAYLOAD_TOO_LARGE.into_response(), max)
 }
 
-/// Per-request dataloaders with a cache, so a resolver can prefetch a whole page's tasks in one statement.
-fn with_loaders(state: &AppState, req: async_graphql::Request) -> async_graphql::Request {
-    req.data(DataLoader::with_cache(TaskLoader::new(state.engine.clone()), tokio::spawn, HashMapCache::default()))
+/// A body over the limit gets a GraphQL error naming the limit instead of a bare 413.
+fn body_limit_error(resp: Response, max: usize) -> Response {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return resp;
+    }
+    let body = serde_json::json!({ "errors": [{
+        "message": format!("the request body exceeds the max body size limit of {max} bytes (set by TASKORCH_MAX_BODY_BYTES)"),
+        "extensions": { "code": code::LIMIT_EXCEEDED, "limit": "max body size", "max": max }
+    }]});
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
-async fn graphql_get(State(state): State<AppState>, req: GraphQLRequest) -> Response {
+/// The client's address, when the server was started with connection info.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+async fn caller(state: &AppState, headers: &HeaderMap, ip: Option<IpAddr>) -> Caller {
+    Caller { credential: auth::resolve(&state.auth, auth::credential_from_headers(headers)).await, ip }
+}
+
+/// Per-request data: the caller and dataloaders with a cache, so a resolver can prefetch a whole page's tasks
+/// in one statement.
+fn with_request_data(state: &AppState, req: async_graphql::Request, caller: Caller) -> async_graphql::Request {
+    req.data(caller).data(DataLoader::with_cache(
+        TaskLoader::new(state.engine.clone()),
+        tokio::spawn,
+        HashMapCache::default(),
+    ))
+}
+
+fn error_body(status: StatusCode, code: &str, message: String) -> Response {
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
+}
+
+/// The longest retry-after (seconds) of rate-limited calls among `responses`.
+fn retry_after(responses: &[&async_graphql::Response]) -> Option<u64> {
+    responses
+        .iter()
+        .flat_map(|r| r.errors.iter())
+        .filter_map(|e| e.extensions.as_ref())
+        .filter(|ext| matches!(ext.get("code"), Some(async_graphql::Value::String(c)) if c == code::RATE_LIMITED))
+        .filter_map(|ext| match ext.get("retryAfter") {
+            Some(async_graphql::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        })
+        .max()
+}
+
+/// The HTTP answer: 429 with `Retry-After` when a call was rate-limited.
+fn respond(resp: impl Into<GraphQLResponse>, retry_after: Option<u64>) -> Response {
+    let mut http = resp.into().into_response();
+    if let Some(secs) = retry_after {
+        *http.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            http.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    http
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    req: GraphQLBatchRequest,
+) -> Response {
+    let caller = caller(&state, &headers, ip).await;
+    match req.into_inner() {
+        BatchRequest::Single(req) => {
+            let resp = state.schema.execute(with_request_data(&state, req, caller)).await;
+            let wait = retry_after(&[&resp]);
+            respond(resp, wait)
+        }
+        BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => error_body(
+            StatusCode::BAD_REQUEST,
+            code::LIMIT_EXCEEDED,
+            format!(
+                "the batch has {} operations, over the max batch size limit of {} (set by TASKORCH_MAX_BATCH)",
+                reqs.len(),
+                state.max_batch
+            ),
+        ),
+        BatchRequest::Batch(reqs) => {
+            let reqs = reqs.into_iter().map(|r| with_request_data(&state, r, caller.clone())).collect();
+            let resp = state.schema.execute_batch(BatchRequest::Batch(reqs)).await;
+            let wait = match &resp {
+                BatchResponse::Single(r) => retry_after(&[r]),
+                BatchResponse::Batch(v) => retry_after(&v.iter().collect::<Vec<_>>()),
+            };
+            respond(resp, wait)
+        }
+    }
+}
+
+async fn graphql_get(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    req: GraphQLRequest,
+) -> Response {
     let req = req.into_inner();
     // GET carries queries only: a mutation over GET is refused.
     if req.query.trim_start().starts_with("mutation") {
-        let body = serde_json::json!({ "errors": [{
-            "message": "mutations must be sent with POST",
-            "extensions": { "code": crate::error::code::VALIDATION_FAILED }
-        }]});
-        return (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response();
+        return error_body(
+            StatusCode::METHOD_NOT_ALLOWED,
+            code::VALIDATION_FAILED,
+            "mutations must be sent with POST".into(),
+        );
     }
-    GraphQLResponse::from(state.schema.execute(with_loaders(&state, req)).await).into_response()
+    let caller = caller(&state, &headers, ip).await;
+    let resp = state.schema.execute(with_request_data(&state, req, caller)).await;
+    let wait = retry_after(&[&resp]);
+    respond(resp, wait)
 }
 
-async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| GraphQLWebSocket::new(socket, state.schema.clone(), protocol).serve())
+/// graphql-transport-ws (and the legacy graphql-ws). The credential comes from the `connection_init` payload
+/// (`Authorization`, `X-API-Key`, `token`…), else from the upgrade request's headers.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let from_headers = auth::credential_from_headers(&headers);
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        let auth = state.auth.clone();
+        GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+            .on_connection_init(move |payload| async move {
+                let credential = auth::credential_from_payload(&payload).or(from_headers);
+                let mut data = async_graphql::Data::default();
+                data.insert(Caller { credential: auth::resolve(&auth, credential).await, ip });
+                Ok(data)
+            })
+            .serve()
+    })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

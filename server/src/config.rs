@@ -24,11 +24,13 @@ pub struct Config {
     #[arg(long, env = "TASKORCH_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024, global = true)]
     pub max_payload_bytes: usize,
     /// Largest request body, in bytes.
-    #[arg(long, env = "TASKORCH_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    #[arg(long, env = "TASKORCH_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
     /// Browser origins allowed to call the API (comma-separated, `*` for any); none by default (same origin only).
     #[arg(long, env = "TASKORCH_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub security: crate::security::SecurityConfig,
     #[command(flatten)]
     pub worker: taskorch_worker::config::Config,
 }

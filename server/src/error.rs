@@ -1,6 +1,7 @@
 //! The one mapping from use-case errors to GraphQL errors with a stable `extensions.code`.
 //!
-//! Codes: `VALIDATION_FAILED`, `CYCLE_DETECTED`, `NOT_FOUND`, `CONFLICT`, `INVALID_STATE`, `INTERNAL`.
+//! Codes: `VALIDATION_FAILED`, `CYCLE_DETECTED`, `NOT_FOUND`, `CONFLICT`, `INVALID_STATE`, `UNAUTHENTICATED`,
+//! `FORBIDDEN`, `RATE_LIMITED`, `LIMIT_EXCEEDED`, `INTERNAL`.
 //! `INTERNAL` never says more than that; its cause is logged.
 
 use async_graphql::ErrorExtensions;
@@ -14,6 +15,10 @@ pub mod code {
     pub const NOT_FOUND: &str = "NOT_FOUND";
     pub const CONFLICT: &str = "CONFLICT";
     pub const INVALID_STATE: &str = "INVALID_STATE";
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
     pub const INTERNAL: &str = "INTERNAL";
 }
 
@@ -37,6 +42,9 @@ pub fn from_engine(err: Error) -> async_graphql::Error {
         Error::Invalid(e) => invalid(e.to_string()),
         e @ Error::NotFound { .. } => api_error(code::NOT_FOUND, e.to_string()),
         Error::Conflict(m) => api_error(code::CONFLICT, m),
+        Error::BadInput(m) => invalid(m),
+        Error::Unauthenticated(m) => api_error(code::UNAUTHENTICATED, m),
+        Error::Forbidden(m) => api_error(code::FORBIDDEN, m),
         e @ Error::InvalidState { .. } => {
             let current = match &e {
                 Error::InvalidState { current, .. } => current.as_str(),

@@ -2,9 +2,11 @@
 //! offline GraphiQL playground, health endpoints, and — on the embedded default — the in-process worker.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod metrics;
 pub mod playground;
+pub mod security;
 pub mod telemetry;

@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
+use taskorch_engine::auth::{Auth, Bootstrap};
+use taskorch_engine::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use taskorch_server::app::{AppOptions, router};
 use taskorch_server::config::{Command, Config};
+use taskorch_server::graphql::SchemaOptions;
 use taskorch_server::{graphql, telemetry};
 use taskorch_worker::{Registry, observe, setup};
 
@@ -39,11 +42,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("migrations applied");
         return Ok(());
     }
+    let (auth, bootstrap) = Auth::init(backends.engine.store().clone(), config.security.auth_options()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("authentication setup failed: {e}"))?;
+    let quotas = config.security.quotas()?;
+    let limiter: Arc<dyn RateLimiter> = match &config.worker.redis_url {
+        None => Arc::new(InProcessRateLimiter::new(quotas)),
+        Some(url) => Arc::new(RedisRateLimiter::connect(url, &config.worker.namespace, quotas).await.map_err(|e| {
+            anyhow::anyhow!("TASKORCH_REDIS_URL ({}) is unreachable: {e}", taskorch_engine::db::redact(url))
+        })?),
+    };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_LISTEN ({}) cannot be bound: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("taskorch listening on http://{addr}/graphql (playground: http://{addr}/playground)");
+    match bootstrap {
+        Bootstrap::Generated { email, password } => println!(
+            "created the admin user {email} with the generated password {password} (shown once; set \
+             TASKORCH_ADMIN_PASSWORD to choose it)"
+        ),
+        Bootstrap::Created { email } => println!("created the admin user {email}"),
+        Bootstrap::Existing => {}
+    }
 
     let shutdown = setup::stop_on_signal();
     let work = tokio::spawn(setup::run(
@@ -55,13 +76,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let app = router(
         backends,
-        AppOptions { max_body_bytes: config.max_body_bytes, cors_origins: config.cors_origins.clone(), metrics },
+        AppOptions {
+            max_body_bytes: config.max_body_bytes,
+            cors_origins: config.cors_origins.clone(),
+            metrics,
+            schema: SchemaOptions {
+                auth,
+                limiter,
+                limits: config.security.document_limits(),
+                introspection: config.security.introspection,
+            },
+        },
     );
     // Without TCP_NODELAY small responses wait for delayed ACKs (tens of milliseconds per request).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let stop = shutdown.clone();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     let _ = work.await;
     Ok(())

@@ -125,6 +125,7 @@ async fn every_bad_input_has_its_code_and_writes_nothing() {
     let server = Server::start_with(ServerOptions {
         worker: false,
         env: vec![("TASKORCH_MAX_TASKS".into(), "5".into()), ("TASKORCH_MAX_PAYLOAD_BYTES".into(), "100".into())],
+        ..ServerOptions::default()
     })
     .await;
     let t = |key: &str, deps: &[&str]| json!({ "key": key, "kind": "noop", "dependsOn": deps });
@@ -290,6 +291,7 @@ async fn cors_allows_only_the_configured_origins() {
     let server = Server::start_with(ServerOptions {
         worker: false,
         env: vec![("TASKORCH_CORS_ORIGINS".into(), "http://dash.example".into())],
+        ..ServerOptions::default()
     })
     .await;
     let preflight = |origin: &'static str| {

@@ -191,6 +191,7 @@ async fn a_high_priority_task_overtakes_the_backlog() {
     let server = Server::start_with(ServerOptions {
         worker: true,
         env: vec![("TASKORCH_WORKER_CONCURRENCY".into(), "1".into())],
+        ..ServerOptions::default()
     })
     .await;
     let backlog: Vec<Value> = (0..50)
@@ -261,14 +262,17 @@ async fn sigterm_lets_running_attempts_finish_and_exits_cleanly() {
 
 /// Reads a workflow's status after its server stopped, through a second server on the same database.
 async fn rusqlite_free_status(stopped: &Server, id: &str) -> String {
-    let again = stopped.sibling(ServerOptions { worker: false, env: vec![] }).await;
+    let again = stopped.sibling(ServerOptions { worker: false, ..ServerOptions::default() }).await;
     again.workflow(id).await["status"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
 async fn attempts_that_cannot_finish_in_the_grace_period_are_released_and_rerun() {
-    let mut server =
-        Server::start_with(ServerOptions { worker: true, env: vec![("TASKORCH_GRACE_MS".into(), "300".into())] }).await;
+    let mut server = Server::start_with(ServerOptions {
+        env: vec![("TASKORCH_GRACE_MS".into(), "300".into())],
+        ..ServerOptions::default()
+    })
+    .await;
     let id = server
         .submit(json!({ "name": "long", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": 3000 } }] }))
         .await;
@@ -302,7 +306,7 @@ async fn attempts_that_cannot_finish_in_the_grace_period_are_released_and_rerun(
 
 #[tokio::test]
 async fn killing_a_worker_process_repeatedly_loses_nothing() {
-    let server = Server::start_with(ServerOptions { worker: false, env: vec![] }).await;
+    let server = Server::start_with(ServerOptions { worker: false, ..ServerOptions::default() }).await;
     let worker_args =
         ["--lease-ms", "1500", "--heartbeat-ms", "300", "--reaper-period-ms", "300", "--redeliver-after-ms", "1000"];
     let mut ids = Vec::new();

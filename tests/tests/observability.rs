@@ -62,6 +62,8 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
         .env("TASKORCH_DATABASE_URL", format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
         .env("TASKORCH_LOG", "info")
         .env("TASKORCH_LOG_JSON", "true")
+        .env("TASKORCH_ADMIN_EMAIL", common::ADMIN_EMAIL)
+        .env("TASKORCH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -70,16 +72,27 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base =
         line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches("/graphql").to_owned();
+    let token = common::login(&base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
     let http = reqwest::Client::new();
     let body = json!({ "query": "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }", "variables": { "i": {
         "name": "logged", "tasks": [
             { "key": "a", "kind": "echo", "payload": { "card": "4111-SECRET-PAYLOAD" } },
             { "key": "b", "kind": "fail", "retry": { "maxAttempts": 1 } },
         ] } } });
-    let resp: Value = http.post(format!("{base}/graphql")).json(&body).send().await.unwrap().json().await.unwrap();
+    let resp: Value = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = resp["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
     let mut sub = Subscription::open(
         &base.replace("http://", "ws://"),
+        Some(&token),
         "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
         json!({ "id": id }),
     )
@@ -127,8 +140,11 @@ async fn readiness_follows_redis_going_away_and_coming_back() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let server =
-        Server::start_with(common::ServerOptions { worker: true, env: vec![("TASKORCH_REDIS_URL".into(), url)] }).await;
+    let server = Server::start_with(common::ServerOptions {
+        env: vec![("TASKORCH_REDIS_URL".into(), url)],
+        ..Default::default()
+    })
+    .await;
     let ready = || async {
         server.http().get(format!("{}/readyz", server.base)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
     };
@@ -223,7 +239,7 @@ async fn one_trace_links_submission_dispatch_and_execution_in_another_process() 
         ("TASKORCH_OTLP_ENDPOINT".to_owned(), collector.url.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ];
-    let server = Server::start_with(common::ServerOptions { worker: false, env: env.clone() }).await;
+    let server = Server::start_with(common::ServerOptions { worker: false, env: env.clone(), log_file: None }).await;
     let mut worker = std::process::Command::new(common::binary("taskorch-worker"))
         .current_dir(server.dir.path())
         .envs(server.backend_env.iter().cloned())

@@ -70,6 +70,8 @@ async fn the_playground_shows_a_subscription_s_events_live_in_headless_chromium(
         .arg(&id)
         .arg(&screenshot)
         .env("CHROMIUM", chromium())
+        .env("TASKORCH_E2E_EMAIL", common::ADMIN_EMAIL)
+        .env("TASKORCH_E2E_PASSWORD", common::ADMIN_PASSWORD)
         .current_dir(repo())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

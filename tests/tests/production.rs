@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Server, ServerOptions, production_services};
 use serde_json::{Value, json};
 
-const NO_WORKER: ServerOptions = ServerOptions { worker: false, env: Vec::new() };
+const NO_WORKER: ServerOptions = ServerOptions { worker: false, env: Vec::new(), log_file: None };
 
 fn require_services(test: &str) -> bool {
     if production_services() {

@@ -118,6 +118,36 @@ try {
     .waitForFunction(() => !!document.querySelector('.result-window .CodeMirror')?.CodeMirror, null, { timeout: 10_000 })
     .catch(() => fail('the GraphiQL result pane (.result-window .CodeMirror) did not appear'));
 
+  // Log in like a user would: run the `login` mutation in the editor; the playground keeps the token and sends
+  // it with the subscription (over the WebSocket's connection_init).
+  const email = process.env.TASKORCH_E2E_EMAIL;
+  const password = process.env.TASKORCH_E2E_PASSWORD;
+  if (!email || !password) fail('TASKORCH_E2E_EMAIL and TASKORCH_E2E_PASSWORD must name a user to log in as');
+  const LOGIN = `mutation Login { login(email: ${JSON.stringify(email)}, password: ${JSON.stringify(password)}) { accessToken expiresAt } }`;
+  await page.evaluate(([sel, q]) => document.querySelector(sel).CodeMirror.setValue(q), [editorSel, LOGIN]);
+  await page
+    .waitForFunction(
+      (sel) => {
+        const ops = document.querySelector(sel).CodeMirror.operations ?? [];
+        return ops.length === 1 && ops[0].operation === 'mutation';
+      },
+      editorSel,
+      { timeout: 5_000 },
+    )
+    .catch(() => fail('GraphiQL did not pick up the login mutation'));
+  await page.click('button.graphiql-execute-button', { timeout: 5_000 });
+  await page
+    .waitForFunction(
+      () => (document.querySelector('.result-window .CodeMirror').CodeMirror.getValue() || '').includes('accessToken'),
+      null,
+      { timeout: 15_000 },
+    )
+    .catch(() => fail('running the login mutation in the playground did not answer an accessToken'));
+  if (!(await page.evaluate(() => window.localStorage.getItem('taskorch.token')))) {
+    fail('the playground did not keep the token of the login');
+  }
+  log('logged in through the playground');
+
   // Record every value the result pane takes (a subscription replaces it with each new payload).
   await page.evaluate(() => {
     const cm = document.querySelector('.result-window .CodeMirror').CodeMirror;

@@ -1,6 +1,7 @@
 //! The SeaORM repository: every SQL statement of taskorch lives under this module. Writes that belong together
 //! (a state change, its events, the tasks it makes ready) share one transaction.
 
+mod auth;
 mod exec;
 mod lifecycle;
 mod read;
@@ -49,13 +50,14 @@ impl Store {
         let row = conn
             .query_one_raw(self.db.stmt(
                 "UPDATE workflow SET last_sequence = last_sequence + ?, updated_at = ? WHERE id = ? \
-                 RETURNING last_sequence, name",
+                 RETURNING last_sequence, name, tenant_id",
                 vec![(events.len() as i64).into(), at.into(), workflow_id.into()],
             ))
             .await?
             .ok_or_else(|| Error::corrupt(format!("workflow {workflow_id} vanished")))?;
         let last: i64 = row.try_get_by_index(0)?;
         let name: String = row.try_get_by_index(1)?;
+        let tenant_id = taskorch_domain::TenantId(row.try_get_by_index(2)?);
         let first = last - events.len() as i64 + 1;
         let records: Vec<EventRecord> = events
             .into_iter()
@@ -68,6 +70,7 @@ impl Store {
                 at: crate::time::to_datetime(at),
                 data: e.data,
                 workflow_name: name.clone(),
+                tenant_id,
             })
             .collect();
         insert_events(conn, &records, at).await?;
@@ -120,7 +123,7 @@ impl Store {
             let row = conn
                 .query_one_raw(self.db.stmt(
                     "UPDATE workflow SET last_sequence = last_sequence + ?, completed_count = completed_count + ?, \
-                       updated_at = ? WHERE id = ? RETURNING last_sequence, completed_count, task_count, status, name",
+                       updated_at = ? WHERE id = ? RETURNING last_sequence, completed_count, task_count, status, name, tenant_id",
                     vec![(events.len() as i64).into(), done.into(), now.into(), wf.into()],
                 ))
                 .await?
@@ -131,6 +134,7 @@ impl Store {
             let status: taskorch_domain::WorkflowStatus =
                 row.try_get_by_index::<String>(3)?.parse().map_err(Error::corrupt)?;
             let name: String = row.try_get_by_index(4)?;
+            let tenant_id = taskorch_domain::TenantId(row.try_get_by_index(5)?);
             if done > 0
                 && completed == total
                 && matches!(status, taskorch_domain::WorkflowStatus::Running | taskorch_domain::WorkflowStatus::Paused)
@@ -152,6 +156,7 @@ impl Store {
                 at: crate::time::to_datetime(now),
                 data: e.data,
                 workflow_name: name.clone(),
+                tenant_id,
             }));
         }
         insert_events(conn, &records, now).await?;

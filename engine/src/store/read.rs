@@ -44,6 +44,9 @@ impl Store {
         first: u64,
     ) -> Result<WorkflowPage, Error> {
         let mut q = workflow::Entity::find();
+        if let Some(tenant) = filter.tenant {
+            q = q.filter(workflow::Column::TenantId.eq(tenant.0));
+        }
         if let Some(status) = filter.status {
             q = q.filter(workflow::Column::Status.eq(status.as_str()));
         }
@@ -98,7 +101,9 @@ impl Store {
             .limit(limit)
             .all(&self.db.read)
             .await?;
-        rows.into_iter().map(|m| EventRecord::from_model(m, wf.name.clone())).collect()
+        rows.into_iter()
+            .map(|m| EventRecord::from_model(m, wf.name.clone(), taskorch_domain::TenantId(wf.tenant_id)))
+            .collect()
     }
 
     /// Tasks by status and the dispatch backlog (due, not handed to a queue), for metrics.

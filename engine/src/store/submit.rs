@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
 use serde_json::{Value as Json, json};
 use taskorch_domain::dag::ValidatedWorkflow;
-use taskorch_domain::{EventType, NewEvent, TaskId, TaskStatus, WorkflowId, WorkflowStatus};
+use taskorch_domain::{EventType, NewEvent, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
 use taskorch_entity::{task, workflow};
 
 use super::{Store, is_unique_violation};
@@ -16,6 +16,8 @@ use crate::time::now_us;
 
 /// A validated workflow ready to be stored.
 pub struct NewWorkflow {
+    /// Owner.
+    pub tenant: TenantId,
     pub validated: ValidatedWorkflow,
     /// Hash of the submitted content, to tell a true resubmission from a reused idempotency key.
     pub content_hash: String,
@@ -37,7 +39,7 @@ impl Store {
     pub async fn insert_workflow(&self, new: NewWorkflow) -> Result<SubmitOutcome, Error> {
         let spec = &new.validated.spec;
         if let Some(key) = &spec.idempotency_key
-            && let Some(existing) = self.find_by_idempotency_key(key, &new.content_hash).await?
+            && let Some(existing) = self.find_by_idempotency_key(new.tenant, key, &new.content_hash).await?
         {
             return Ok(SubmitOutcome::Existing(existing));
         }
@@ -46,6 +48,7 @@ impl Store {
         let has_compensation = spec.tasks.iter().any(|t| t.compensation.is_some());
         let wf_row = workflow::ActiveModel {
             id: Set(wf_id.0),
+            tenant_id: Set(new.tenant.0),
             name: Set(spec.name.clone()),
             status: Set(WorkflowStatus::Running.as_str().to_owned()),
             idempotency_key: Set(spec.idempotency_key.clone()),
@@ -119,7 +122,7 @@ impl Store {
             // A concurrent submission with the same key won the race.
             if is_unique_violation(&err)
                 && let Some(key) = &spec.idempotency_key
-                && let Some(existing) = self.find_by_idempotency_key(key, &new.content_hash).await?
+                && let Some(existing) = self.find_by_idempotency_key(new.tenant, key, &new.content_hash).await?
             {
                 return Ok(SubmitOutcome::Existing(existing));
             }
@@ -140,9 +143,17 @@ impl Store {
     }
 
     /// The workflow first submitted with this idempotency key, if its content is the same; a `Conflict` if not.
-    async fn find_by_idempotency_key(&self, key: &str, content_hash: &str) -> Result<Option<WorkflowRecord>, Error> {
-        let found =
-            workflow::Entity::find().filter(workflow::Column::IdempotencyKey.eq(key)).one(&self.db.write).await?;
+    async fn find_by_idempotency_key(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        content_hash: &str,
+    ) -> Result<Option<WorkflowRecord>, Error> {
+        let found = workflow::Entity::find()
+            .filter(workflow::Column::TenantId.eq(tenant.0))
+            .filter(workflow::Column::IdempotencyKey.eq(key))
+            .one(&self.db.write)
+            .await?;
         match found {
             None => Ok(None),
             Some(m) if m.content_hash == content_hash => Ok(Some(m.try_into()?)),

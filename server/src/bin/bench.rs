@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use sea_orm::ConnectionTrait;
-use taskorch_domain::{EventType, TaskSpec, WorkflowId, WorkflowSpec};
+use taskorch_domain::{EventType, TaskSpec, TenantId, WorkflowId, WorkflowSpec};
 use taskorch_engine::Engine;
 use taskorch_engine::db::{Database, PoolOptions};
 use taskorch_worker::config::Config;
@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     // 1. Submission of 10,000-task DAGs (no worker running).
     for (shape, spec) in [("chain", chain("submit-chain", 10_000)), ("fan-out", fan_out("submit-fan", 10_000))] {
         let t = Instant::now();
-        engine.submit(spec).await?;
+        engine.submit(TenantId::SYSTEM, spec).await?;
         println!("submit 10,000-task {shape:<8}  {:>8.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     }
     // Those two stay unrun: start the worker for the execution figures on fresh workflows only.
@@ -98,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
     let mut ids = Vec::with_capacity(workflows);
     for w in 0..workflows {
         let tasks = (0..args.noop_batch).map(|i| TaskSpec::new(format!("n{i}"), "noop")).collect();
-        ids.push(engine.submit(WorkflowSpec { name: format!("noop{w}"), idempotency_key: None, tasks }).await?.id);
+        ids.push(
+            engine
+                .submit(TenantId::SYSTEM, WorkflowSpec { name: format!("noop{w}"), idempotency_key: None, tasks })
+                .await?
+                .id,
+        );
     }
     wait_completed(&mut done, workflows).await?;
     let secs = t.elapsed().as_secs_f64();
@@ -114,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let mut hops = Vec::new();
     for c in 0..args.chains {
         let mut done = engine.bus().subscribe();
-        let id = engine.submit(chain(&format!("chain{c}"), 10)).await?.id;
+        let id = engine.submit(TenantId::SYSTEM, chain(&format!("chain{c}"), 10)).await?.id;
         wait_completed(&mut done, 1).await?;
         hops.extend(hop_latencies(&engine, id).await?);
     }
@@ -135,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sink = TaskSpec::new("sink", "noop");
     sink.depends_on = leaves;
     tasks.push(sink);
-    engine.submit(WorkflowSpec { name: "fan".into(), idempotency_key: None, tasks }).await?;
+    engine.submit(TenantId::SYSTEM, WorkflowSpec { name: "fan".into(), idempotency_key: None, tasks }).await?;
     wait_completed(&mut done, 1).await?;
     println!("fan-out 1,000 → fan-in     {:>8.1} ms end to end", t.elapsed().as_secs_f64() * 1000.0);
 

@@ -1,34 +1,61 @@
-//! The GraphQL schema: query, mutation and subscription roots merged from per-domain objects.
+//! The GraphQL schema: query, mutation and subscription roots merged from per-domain objects, with the abuse
+//! limits and rate limits applied to every document.
 
+pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod ratelimit;
 pub mod subscription;
 pub mod types;
 
+use std::sync::Arc;
+
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 use taskorch_engine::Engine;
+use taskorch_engine::auth::Auth;
+use taskorch_engine::ratelimit::RateLimiter;
+
+use crate::security::DocumentLimits;
 
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(query::WorkflowQuery);
+pub struct QueryRoot(query::WorkflowQuery, query::AuthQuery);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(mutation::WorkflowMutation);
+pub struct MutationRoot(mutation::WorkflowMutation, mutation::AuthMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct SubscriptionRoot(subscription::EventSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
+/// What the schema needs besides the engine.
+#[derive(Clone)]
+pub struct SchemaOptions {
+    pub auth: Auth,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub limits: DocumentLimits,
+    pub introspection: bool,
+}
+
 /// Builds the schema over an engine.
-pub fn build_schema(engine: Engine, subscriptions: subscription::ActiveSubscriptions) -> AppSchema {
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+pub fn build_schema(
+    engine: Engine,
+    subscriptions: subscription::ActiveSubscriptions,
+    opts: SchemaOptions,
+) -> AppSchema {
+    let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(engine)
         .data(subscriptions)
+        .data(opts.auth)
         .extension(crate::metrics::RequestMetrics)
-        .limit_depth(16)
-        .limit_complexity(100_000)
-        .finish()
+        // The last extension sees the parsed document first: limits are checked before the call is counted.
+        .extension(ratelimit::RateLimits(opts.limiter))
+        .extension(limits::DocumentLimitsExtension(opts.limits))
+        // Backstops behind the named checks of `limits`.
+        .limit_depth(opts.limits.max_depth)
+        .limit_complexity(opts.limits.max_complexity.max(1) * 2);
+    if opts.introspection { builder.finish() } else { builder.disable_introspection().finish() }
 }
 
 /// The SDL without an engine (for `print-schema` and the drift test).

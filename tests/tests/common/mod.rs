@@ -75,11 +75,13 @@ pub struct ServerOptions {
     /// Run the in-process worker.
     pub worker: bool,
     pub env: Vec<(String, String)>,
+    /// Where the server's stderr (its logs) goes; inherited when `None`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { worker: true, env: Vec::new() }
+        Self { worker: true, env: Vec::new(), log_file: None }
     }
 }
 
@@ -93,7 +95,15 @@ pub struct Server {
     pub backend_env: Vec<(String, String)>,
     _pg: Option<PgDatabase>,
     http: reqwest::Client,
+    /// Access token of the bootstrap admin (every helper request carries it).
+    pub token: String,
 }
+
+/// The bootstrap admin of every test server.
+pub const ADMIN_EMAIL: &str = "admin@example.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// Id of the system tenant (the bootstrap admin's).
+pub const SYSTEM_TENANT: &str = "00000000-0000-0000-0000-000000000001";
 
 /// The production services to use, from `TASKORCH_TEST_AMQP_URL` and `TASKORCH_TEST_REDIS_URL`, with a namespace
 /// of this test's own so tests sharing a broker never see each other's messages.
@@ -107,6 +117,10 @@ fn service_env() -> Vec<(String, String)> {
         env.push(("TASKORCH_REDIS_URL".to_owned(), url));
     }
     env.push(("TASKORCH_NAMESPACE".to_owned(), namespace));
+    env.push(("TASKORCH_ADMIN_EMAIL".to_owned(), ADMIN_EMAIL.to_owned()));
+    env.push(("TASKORCH_ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()));
+    // Rate limits are tested on their own (security.rs); elsewhere they would only make load tests flaky.
+    env.push(("TASKORCH_RATE_LIMITS".to_owned(), "list=0,read=0,write=0,subscribe=0,login=0".to_owned()));
     env
 }
 
@@ -162,6 +176,9 @@ impl Server {
         if !opts.worker {
             cmd.env("TASKORCH_NO_WORKER", "true");
         }
+        if let Some(path) = &opts.log_file {
+            cmd.stderr(std::fs::File::create(path).expect("log file"));
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -182,7 +199,29 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .map(|u| u.trim_end_matches("/graphql").to_owned())
             .unwrap_or_else(|| panic!("no URL in the first line of stdout: {line:?}"));
-        Self { child, base, dir, database_url, backend_env, _pg: pg, http: reqwest::Client::new() }
+        let token = login(&base, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("token is a header value"),
+        );
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("http client");
+        Self { child, base, dir, database_url, backend_env, _pg: pg, http, token }
+    }
+
+    /// Sends a GraphQL request with the given bearer credential (none when `None`); returns the whole body.
+    pub async fn gql_as(&self, credential: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = reqwest::Client::new().post(self.graphql_url());
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        req.json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON response")
     }
 
     pub fn graphql_url(&self) -> String {
@@ -252,9 +291,14 @@ impl Server {
         data["workflow"]["events"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Opens a graphql-transport-ws subscription.
+    /// Opens a graphql-transport-ws subscription as the admin.
     pub async fn subscribe(&self, query: &str, variables: Value) -> Subscription {
-        Subscription::open(&self.base.replace("http://", "ws://"), query, variables).await
+        self.subscribe_as(Some(&self.token), query, variables).await
+    }
+
+    /// Opens a graphql-transport-ws subscription with the given credential in `connection_init`.
+    pub async fn subscribe_as(&self, credential: Option<&str>, query: &str, variables: Value) -> Subscription {
+        Subscription::open(&self.base.replace("http://", "ws://"), credential, query, variables).await
     }
 
     /// Follows the workflow's live events until its final one; returns them all (fails after `timeout`).
@@ -334,17 +378,40 @@ impl Drop for Server {
     }
 }
 
+/// Logs in; returns the access token.
+pub async fn login(base: &str, email: &str, password: &str) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .json(&json!({
+            "query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
+            "variables": { "e": email, "p": password },
+        }))
+        .send()
+        .await
+        .expect("login request")
+        .json()
+        .await
+        .expect("login response");
+    body["data"]["login"]["accessToken"].as_str().unwrap_or_else(|| panic!("login failed: {body}")).to_owned()
+}
+
 /// A graphql-transport-ws subscription.
 pub struct Subscription {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Subscription {
-    pub async fn open(ws_base: &str, query: &str, variables: Value) -> Self {
+    pub async fn open(ws_base: &str, credential: Option<&str>, query: &str, variables: Value) -> Self {
         let mut req = format!("{ws_base}/graphql/ws").into_client_request().expect("ws request");
         req.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");
-        ws.send(Message::text(json!({ "type": "connection_init", "payload": {} }).to_string())).await.expect("init");
+        let payload = match credential {
+            Some(c) => json!({ "Authorization": format!("Bearer {c}") }),
+            None => json!({}),
+        };
+        ws.send(Message::text(json!({ "type": "connection_init", "payload": payload }).to_string()))
+            .await
+            .expect("init");
         loop {
             let msg = ws.next().await.expect("ack").expect("ack frame");
             if let Message::Text(t) = msg {

@@ -1,5 +1,7 @@
 //! Mutation roots.
 
+mod auth;
 mod workflow;
 
+pub use auth::AuthMutation;
 pub use workflow::WorkflowMutation;

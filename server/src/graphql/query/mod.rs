@@ -1,5 +1,7 @@
 //! Query roots.
 
+mod auth;
 mod workflow;
 
+pub use auth::AuthQuery;
 pub use workflow::WorkflowQuery;

@@ -1,8 +1,10 @@
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, ID, Object, Result};
+use taskorch_domain::Permission;
 use taskorch_engine::Engine;
 use taskorch_engine::model::WorkflowFilter as Filter;
 
+use crate::auth::{Need, principal};
 use crate::error::{from_engine, invalid};
 use crate::graphql::loaders::TaskLoaderCached;
 use crate::graphql::types::{Workflow, WorkflowFilter, parse_workflow_id};
@@ -15,13 +17,17 @@ pub struct WorkflowQuery;
 
 #[Object]
 impl WorkflowQuery {
-    /// One workflow by id; null when there is none.
+    /// One workflow of the caller's tenant by id; null when there is none (another tenant's id reads as none).
+    #[graphql(guard = "Need(Permission::Read)")]
     async fn workflow(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Workflow>> {
         let id = parse_workflow_id(&id)?;
-        Ok(ctx.data::<Engine>()?.workflow(id).await.map_err(from_engine)?.map(Workflow))
+        let tenant = principal(ctx)?.tenant;
+        Ok(ctx.data::<Engine>()?.workflow_of(tenant, id).await.map_err(from_engine)?.map(Workflow))
     }
 
-    /// Workflows, newest first, as a Relay cursor connection (`first` defaults to 20, at most 1000).
+    /// The caller's tenant's workflows, newest first, as a Relay cursor connection (`first` defaults to 20, at
+    /// most 1000).
+    #[graphql(guard = "Need(Permission::Read)")]
     async fn workflows(
         &self,
         ctx: &Context<'_>,
@@ -38,7 +44,8 @@ impl WorkflowQuery {
             Some(c) => Some(c.parse().map_err(|_| invalid(format!("`{c}` is not a valid cursor")))?),
         };
         let filter = filter.unwrap_or_default();
-        let filter = Filter { status: filter.status.map(Into::into), name: filter.name };
+        let tenant = Some(principal(ctx)?.tenant);
+        let filter = Filter { tenant, status: filter.status.map(Into::into), name: filter.name };
         let page = ctx.data::<Engine>()?.workflows(&filter, after, first as u64).await.map_err(from_engine)?;
         let node = ctx.look_ahead().field("edges").field("node");
         if node.field("tasks").exists() || node.field("task").exists() {

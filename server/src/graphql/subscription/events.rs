@@ -4,10 +4,12 @@ use std::collections::HashSet;
 
 use async_graphql::{Context, ID, InputObject, Result, Subscription};
 use futures::Stream;
+use taskorch_domain::Permission;
 use taskorch_engine::Engine;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ActiveSubscriptions;
+use crate::auth::{Need, principal};
 use crate::error::from_engine;
 use crate::graphql::types::{EventType, WorkflowEvent, parse_workflow_id};
 
@@ -29,7 +31,9 @@ const LOG_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 #[Subscription]
 impl EventSubscription {
     /// Events of one workflow: first those after `afterSequence` (default 0) from the log, then live ones; in order,
-    /// without gap or duplicate. Completes after the workflow's final event.
+    /// without gap or duplicate. Completes after the workflow's final event. `NOT_FOUND` for an unknown id or
+    /// another tenant's workflow.
+    #[graphql(guard = "Need(Permission::Read)")]
     async fn workflow_events(
         &self,
         ctx: &Context<'_>,
@@ -37,10 +41,11 @@ impl EventSubscription {
         after_sequence: Option<i64>,
     ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
         let id = parse_workflow_id(&workflow_id)?;
+        let tenant = principal(ctx)?.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         // Subscribe before reading the log so nothing falls between the two.
         let mut live = engine.bus().subscribe();
-        if engine.workflow(id).await.map_err(from_engine)?.is_none() {
+        if engine.workflow_of(tenant, id).await.map_err(from_engine)?.is_none() {
             return Err(crate::error::api_error(
                 crate::error::code::NOT_FOUND,
                 format!("workflow `{id}` was not found"),
@@ -107,12 +112,15 @@ impl EventSubscription {
         })
     }
 
-    /// Every event of every workflow, optionally filtered by workflow name and event types (for dashboards).
+    /// Every event of the caller's tenant's workflows, optionally filtered by workflow name and event types (for
+    /// dashboards).
+    #[graphql(guard = "Need(Permission::Read)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
     ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
+        let tenant = principal(ctx)?.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         let filter = filter.unwrap_or_default();
         let types: Option<HashSet<taskorch_domain::EventType>> =
@@ -125,6 +133,9 @@ impl EventSubscription {
             loop {
                 match live.recv().await {
                     Ok(e) => {
+                        if e.tenant_id != tenant {
+                            continue;
+                        }
                         if name.as_ref().is_some_and(|n| *n != e.workflow_name) {
                             continue;
                         }

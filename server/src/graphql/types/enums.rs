@@ -91,3 +91,15 @@ pub enum EventType {
     /// The workflow was resumed.
     WorkflowResumed,
 }
+
+/// A role of a user or an API key; each includes the permissions of those below it.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "taskorch_domain::Role")]
+pub enum Role {
+    /// Reads workflows, tasks and events, and subscribes to them.
+    Viewer,
+    /// Also submits, cancels, retries, pauses and resumes workflows.
+    Operator,
+    /// Also manages users, API keys and (in the system tenant) tenants.
+    Admin,
+}

@@ -1,0 +1,115 @@
+//! Who is calling: the credential of an HTTP request (`Authorization: Bearer …` or `X-API-Key`) or of a WebSocket
+//! (`connection_init` payload, else the upgrade request's headers), resolved once per request or connection into a
+//! [`Caller`] that guards and resolvers read.
+
+mod guard;
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use taskorch_engine::auth::{Auth, Principal};
+
+pub use guard::{Need, principal};
+
+/// The credential of a request.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// None was sent.
+    Missing,
+    /// One was sent and is valid.
+    Valid(Principal),
+    /// One was sent and refused; the reason is safe to show.
+    Invalid(&'static str),
+}
+
+/// Request (or connection) data: the credential and the client's address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub credential: Credential,
+    pub ip: Option<IpAddr>,
+}
+
+impl Caller {
+    pub fn principal(&self) -> Option<&Principal> {
+        match &self.credential {
+            Credential::Valid(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Key of this caller for rate limits: its credential, else its address.
+    pub fn rate_subject(&self) -> String {
+        match (&self.credential, self.ip) {
+            (Credential::Valid(p), _) => p.rate_key(),
+            (_, Some(ip)) => format!("ip:{ip}"),
+            (_, None) => "ip:unknown".to_owned(),
+        }
+    }
+}
+
+/// The bearer credential in HTTP headers.
+pub fn credential_from_headers(headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(auth) = header("authorization") {
+        return Some(strip_bearer(auth).to_owned());
+    }
+    header("x-api-key").map(str::to_owned)
+}
+
+fn strip_bearer(value: &str) -> &str {
+    match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => value,
+    }
+}
+
+/// The credential in a `connection_init` payload: `Authorization` (any case), `X-API-Key`, `token`, `apiKey`, or
+/// the same inside `headers`.
+pub fn credential_from_payload(payload: &Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    for (k, v) in obj {
+        let Some(s) = v.as_str() else { continue };
+        match k.to_ascii_lowercase().as_str() {
+            "authorization" => return Some(strip_bearer(s.trim()).to_owned()),
+            "x-api-key" | "apikey" | "api_key" | "token" | "accesstoken" => return Some(s.trim().to_owned()),
+            _ => {}
+        }
+    }
+    obj.get("headers").and_then(credential_from_payload)
+}
+
+/// Resolves a credential (a missing or empty one is `Missing`).
+pub async fn resolve(auth: &Auth, credential: Option<String>) -> Credential {
+    match credential.filter(|c| !c.is_empty()) {
+        None => Credential::Missing,
+        Some(c) => match auth.authenticate(&c).await {
+            Ok(p) => Credential::Valid(p),
+            Err(taskorch_engine::Error::Unauthenticated(why)) => Credential::Invalid(why),
+            Err(e) => {
+                tracing::error!(error = %e, "checking a credential failed");
+                Credential::Invalid("the credential could not be checked; try again")
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn credentials_are_found_in_headers_and_init_payloads() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(credential_from_headers(&h).as_deref(), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "tok_x".parse().unwrap());
+        assert_eq!(credential_from_headers(&h).as_deref(), Some("tok_x"));
+        assert_eq!(credential_from_payload(&json!({ "Authorization": "Bearer t1" })).as_deref(), Some("t1"));
+        assert_eq!(credential_from_payload(&json!({ "headers": { "authorization": "t2" } })).as_deref(), Some("t2"));
+        assert_eq!(credential_from_payload(&json!({ "apiKey": "t3" })).as_deref(), Some("t3"));
+        assert_eq!(credential_from_payload(&json!({})), None);
+    }
+}

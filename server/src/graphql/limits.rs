@@ -1,0 +1,209 @@
+//! Abuse limits checked right after parsing, before validation or any resolver: selection depth, number of
+//! fields (complexity, with fragments expanded) and number of aliases. Each refusal is `LIMIT_EXCEEDED` and
+//! names the limit, its value and the setting that changes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet};
+use async_graphql::{Name, Positioned, ServerError, ServerResult, Variables};
+
+use crate::error::code;
+use crate::security::DocumentLimits;
+
+/// What a document asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub depth: usize,
+    pub fields: usize,
+    pub aliases: usize,
+}
+
+struct Walk<'a> {
+    fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+    limits: DocumentLimits,
+    shape: Shape,
+    stack: Vec<&'a Name>,
+}
+
+impl<'a> Walk<'a> {
+    fn over(&self) -> bool {
+        self.shape.depth > self.limits.max_depth
+            || self.shape.fields > self.limits.max_complexity
+            || self.shape.aliases > self.limits.max_aliases
+    }
+
+    fn selection_set(&mut self, set: &'a SelectionSet, depth: usize) {
+        for item in &set.items {
+            if self.over() {
+                return; // enough to refuse; stop before a fragment bomb costs anything
+            }
+            match &item.node {
+                Selection::Field(f) => {
+                    self.shape.fields += 1;
+                    self.shape.aliases += usize::from(f.node.alias.is_some());
+                    let d = depth + 1;
+                    self.shape.depth = self.shape.depth.max(d);
+                    self.selection_set(&f.node.selection_set.node, d);
+                }
+                Selection::InlineFragment(f) => self.selection_set(&f.node.selection_set.node, depth),
+                Selection::FragmentSpread(s) => {
+                    let name = &s.node.fragment_name.node;
+                    if self.stack.contains(&name) {
+                        continue; // a cycle: validation refuses it later
+                    }
+                    if let Some(def) = self.fragments.get(name) {
+                        self.stack.push(name);
+                        self.selection_set(&def.node.selection_set.node, depth);
+                        self.stack.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Measures a document (stopping early once a limit is passed).
+pub fn measure(doc: &ExecutableDocument, limits: DocumentLimits) -> Shape {
+    let mut walk = Walk { fragments: &doc.fragments, limits, shape: Shape::default(), stack: Vec::new() };
+    for (_, op) in doc.operations.iter() {
+        walk.selection_set(&op.node.selection_set.node, 0);
+    }
+    walk.shape
+}
+
+/// Whether an operation asks for `__schema` or `__type` at its root.
+fn introspects(doc: &ExecutableDocument) -> bool {
+    doc.operations.iter().any(|(_, op)| {
+        op.node.selection_set.node.items.iter().any(
+            |s| matches!(&s.node, Selection::Field(f) if matches!(f.node.name.node.as_str(), "__schema" | "__type")),
+        )
+    })
+}
+
+fn refusal(code: &str, message: String) -> ServerError {
+    let mut err = ServerError::new(message, None);
+    let mut ext = async_graphql::ErrorExtensionValues::default();
+    ext.set("code", code);
+    err.extensions = Some(ext);
+    err
+}
+
+/// The refusal for a shape over the limits, if any.
+pub fn check(shape: &Shape, limits: DocumentLimits) -> Result<(), ServerError> {
+    let refuse = |what: &str, limit: &str, setting: &str, max: usize, actual: usize| {
+        let mut err = ServerError::new(
+            format!("{what} exceeds the {limit} limit of {max} (set by {setting}); refused before execution"),
+            None,
+        );
+        let mut ext = async_graphql::ErrorExtensionValues::default();
+        ext.set("code", code::LIMIT_EXCEEDED);
+        ext.set("limit", limit);
+        ext.set("max", max as u64);
+        ext.set("actual", actual as u64);
+        err.extensions = Some(ext);
+        Err(err)
+    };
+    if shape.depth > limits.max_depth {
+        return refuse("the query depth", "max depth", "TASKORCH_MAX_DEPTH", limits.max_depth, shape.depth);
+    }
+    if shape.aliases > limits.max_aliases {
+        return refuse(
+            "the number of aliases",
+            "max aliases",
+            "TASKORCH_MAX_ALIASES",
+            limits.max_aliases,
+            shape.aliases,
+        );
+    }
+    if shape.fields > limits.max_complexity {
+        let (max, n) = (limits.max_complexity, shape.fields);
+        return refuse("the query complexity (fields selected)", "max complexity", "TASKORCH_MAX_COMPLEXITY", max, n);
+    }
+    Ok(())
+}
+
+/// The extension applying [`check`] to every parsed document.
+pub struct DocumentLimitsExtension(pub DocumentLimits);
+
+impl ExtensionFactory for DocumentLimitsExtension {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Checker(self.0))
+    }
+}
+
+struct Checker(DocumentLimits);
+
+#[async_trait::async_trait]
+impl Extension for Checker {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await.map_err(|e| {
+            // The parser stops nesting itself (at 32 levels): the same limit, by name.
+            if e.message.contains("recursion depth") {
+                let over = self.0.max_depth.max(32) + 1;
+                check(&Shape { depth: over, ..Shape::default() }, self.0).err().unwrap_or(e)
+            } else {
+                e
+            }
+        })?;
+        check(&measure(&doc, self.0), self.0)?;
+        if !self.0.introspection && introspects(&doc) {
+            return Err(refusal(
+                code::FORBIDDEN,
+                "introspection is turned off on this server (TASKORCH_INTROSPECTION=false)".to_owned(),
+            ));
+        }
+        Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DocumentLimits =
+        DocumentLimits { max_depth: 5, max_complexity: 50, max_aliases: 3, max_batch: 2, introspection: true };
+
+    fn shape(q: &str) -> Shape {
+        measure(&async_graphql::parser::parse_query(q).unwrap(), LIMITS)
+    }
+
+    #[test]
+    fn depth_fields_and_aliases_are_counted_through_fragments() {
+        let s = shape("query { a: workflow(id: 1) { ...F tasks { key } } } fragment F on Workflow { id b: name }");
+        assert_eq!(s, Shape { depth: 3, fields: 5, aliases: 2 });
+        assert!(check(&s, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn each_limit_is_named_in_its_refusal() {
+        let deep = format!("{{ {}x{} }}", "a { ".repeat(9), " }".repeat(9));
+        let err = check(&shape(&deep), LIMITS).unwrap_err();
+        assert!(err.message.contains("max depth limit of 5"), "{}", err.message);
+        let aliases: String = (0..10).map(|i| format!("a{i}: __typename ")).collect();
+        let err = check(&shape(&format!("{{ {aliases} }}")), LIMITS).unwrap_err();
+        assert!(err.message.contains("max aliases"), "{}", err.message);
+        let wide: String = (0..60).map(|i| format!("f{i} ")).collect();
+        let err = check(&shape(&format!("{{ {wide} }}")), LIMITS).unwrap_err();
+        assert!(err.message.contains("max complexity"), "{}", err.message);
+    }
+
+    #[test]
+    fn fragment_bombs_stop_early_and_cycles_end() {
+        let mut q = String::from("{ ...F0 } fragment F0 on Query { ...F1 ...F1 } ");
+        for i in 1..30 {
+            q.push_str(&format!("fragment F{i} on Query {{ ...F{} ...F{} }} ", i + 1, i + 1));
+        }
+        q.push_str("fragment F30 on Query { x }");
+        assert!(shape(&q).fields <= LIMITS.max_complexity + 1);
+        let cyclic = shape("{ ...A } fragment A on Query { x ...B } fragment B on Query { y ...A }");
+        assert_eq!(cyclic.fields, 2);
+    }
+}
