@@ -56,13 +56,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("TASKORCH_LISTEN ({}) cannot be bound: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    println!("taskorch listening on http://{addr}/graphql (playground: http://{addr}/playground)");
+    // stdout may be a pipe its reader closed after the first line: writing must not bring the server down.
+    let say = |line: String| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    say(format!("taskorch listening on http://{addr}/graphql (playground: http://{addr}/playground)"));
     match bootstrap {
-        Bootstrap::Generated { email, password } => println!(
+        Bootstrap::Generated { email, password } => say(format!(
             "created the admin user {email} with the generated password {password} (shown once; set \
              TASKORCH_ADMIN_PASSWORD to choose it)"
-        ),
-        Bootstrap::Created { email } => println!("created the admin user {email}"),
+        )),
+        Bootstrap::Created { email } => say(format!("created the admin user {email}")),
         Bootstrap::Existing => {}
     }
 

@@ -280,7 +280,9 @@ async fn the_limit_is_shared_by_servers_through_redis() {
             refused += 1;
         }
     }
-    assert!((45..=50).contains(&refused), "one budget of 100 across both servers; {refused} refused");
+    // Each server saw 75 calls: alone, neither would refuse any. One shared budget of 100 (plus what refills,
+    // 1.7 a second, while the calls run) refuses most of the last third.
+    assert!((30..=50).contains(&refused), "one budget of 100 across both servers; {refused} refused");
 }
 
 #[tokio::test]
