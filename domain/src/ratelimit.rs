@@ -1,7 +1,8 @@
-//! Rate limits as a generic cell rate algorithm (GCRA): a quota of `limit` calls per `period` allows a burst of
-//! `limit` and then one call every `period / limit`. The only state per subject is one instant, the theoretical
-//! arrival time (TAT), so the same rule runs in process or as one Redis script.
+//! Rate limits as a sliding window: at most `limit` calls in any `period`. The state per subject is the times of
+//! its calls inside the current window (at most `limit` of them), so the same rule runs in process over a deque or
+//! in Redis over a sorted set.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 
@@ -21,35 +22,40 @@ impl Quota {
         self.limit == 0
     }
 
-    /// Time between two calls at the sustained rate.
-    pub fn interval_ms(&self) -> u64 {
-        (self.period_ms / u64::from(self.limit.max(1))).max(1)
+    /// The same period with `factor` times the calls (0 stays unlimited).
+    pub fn times(&self, factor: u32) -> Self {
+        Self { limit: self.limit.saturating_mul(factor), ..*self }
     }
 }
 
 /// The outcome of one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed; the subject's new TAT.
-    Allowed { tat_ms: u64 },
+    Allowed,
     /// Refused; the caller may try again after this many milliseconds.
-    Limited { retry_after_ms: u64 },
+    Limited {
+        retry_after_ms: u64,
+    },
 }
 
-/// Decides one call at `now_ms` for a subject whose stored TAT is `tat_ms` (none for a new subject).
-pub fn decide(quota: Quota, now_ms: u64, tat_ms: Option<u64>) -> Decision {
+/// Decides one call at `now_ms` for a subject whose calls in the window are `log` (oldest first); an allowed call
+/// is recorded in it.
+pub fn decide(quota: Quota, now_ms: u64, log: &mut VecDeque<u64>) -> Decision {
     if quota.is_unlimited() {
-        return Decision::Allowed { tat_ms: now_ms };
+        return Decision::Allowed;
     }
-    let interval = quota.interval_ms();
-    let tolerance = interval * u64::from(quota.limit - 1);
-    let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
-    let allow_at = tat.saturating_sub(tolerance);
-    if now_ms < allow_at {
-        Decision::Limited { retry_after_ms: allow_at - now_ms }
-    } else {
-        Decision::Allowed { tat_ms: tat + interval }
+    // Calls at or before `now - period` have left the window.
+    if let Some(window_start) = now_ms.checked_sub(quota.period_ms) {
+        while log.front().is_some_and(|t| *t <= window_start) {
+            log.pop_front();
+        }
     }
+    if log.len() >= quota.limit as usize {
+        let oldest = log.front().copied().unwrap_or(now_ms);
+        return Decision::Limited { retry_after_ms: (oldest + quota.period_ms).saturating_sub(now_ms).max(1) };
+    }
+    log.push_back(now_ms);
+    Decision::Allowed
 }
 
 /// Classes of operations, each with its own quota.
@@ -84,10 +90,10 @@ impl OperationClass {
     pub fn default_quota(self) -> Quota {
         Quota::per_minute(match self {
             Self::List => 100,
-            Self::Read => 6000,
-            Self::Write => 6000,
-            Self::Subscribe => 600,
-            Self::Login => 20,
+            Self::Read => 60_000,
+            Self::Write => 30_000,
+            Self::Subscribe => 6_000,
+            Self::Login => 120,
         })
     }
 }
@@ -141,54 +147,42 @@ mod tests {
     use super::*;
 
     fn run(quota: Quota, times: &[u64]) -> Vec<bool> {
-        let mut tat = None;
-        times
-            .iter()
-            .map(|&now| match decide(quota, now, tat) {
-                Decision::Allowed { tat_ms } => {
-                    tat = Some(tat_ms);
-                    true
-                }
-                Decision::Limited { .. } => false,
-            })
-            .collect()
+        let mut log = VecDeque::new();
+        times.iter().map(|&now| decide(quota, now, &mut log) == Decision::Allowed).collect()
     }
 
     #[test]
     fn a_burst_of_the_limit_passes_and_the_next_call_is_refused() {
-        let quota = Quota::per_minute(100);
-        let allowed = run(quota, &[1000; 150]);
-        assert_eq!(allowed.iter().filter(|a| **a).count(), 100);
+        let allowed = run(Quota::per_minute(100), &[1000; 150]);
         assert!(allowed[..100].iter().all(|a| *a));
         assert!(allowed[100..].iter().all(|a| !*a));
     }
 
     #[test]
-    fn refusals_say_when_to_come_back_and_the_rate_refills() {
-        let quota = Quota::per_minute(60); // one per second sustained
-        let mut tat = None;
-        for _ in 0..60 {
-            match decide(quota, 0, tat) {
-                Decision::Allowed { tat_ms } => tat = Some(tat_ms),
-                Decision::Limited { .. } => panic!("burst refused"),
-            }
-        }
-        assert_eq!(decide(quota, 0, tat), Decision::Limited { retry_after_ms: 1000 });
-        assert_eq!(decide(quota, 400, tat), Decision::Limited { retry_after_ms: 600 });
-        assert!(matches!(decide(quota, 1000, tat), Decision::Allowed { .. }));
+    fn never_more_than_the_limit_in_any_window_however_the_calls_are_spread() {
+        // 150 calls, one every 400 ms: a minute holds 150 of them, the limit is 100.
+        let times: Vec<u64> = (0..150).map(|i| i * 400).collect();
+        let allowed = run(Quota::per_minute(100), &times);
+        assert!(allowed[..100].iter().all(|a| *a));
+        assert!(allowed[100..150].iter().all(|a| !*a), "{allowed:?}");
     }
 
     #[test]
-    fn an_idle_subject_gets_its_full_burst_back() {
-        let quota = Quota::per_minute(10);
-        let mut times = vec![0; 10];
-        times.extend([120_000; 10]);
-        assert!(run(quota, &times).into_iter().all(|a| a));
+    fn refusals_say_when_the_oldest_call_leaves_the_window() {
+        let quota = Quota::per_minute(2);
+        let mut log = VecDeque::new();
+        assert_eq!(decide(quota, 1_000, &mut log), Decision::Allowed);
+        assert_eq!(decide(quota, 5_000, &mut log), Decision::Allowed);
+        assert_eq!(decide(quota, 10_000, &mut log), Decision::Limited { retry_after_ms: 51_000 });
+        assert_eq!(decide(quota, 61_000, &mut log), Decision::Allowed, "the first call has left the window");
+        assert_eq!(decide(quota, 61_500, &mut log), Decision::Limited { retry_after_ms: 3_500 });
     }
 
     #[test]
     fn zero_means_unlimited() {
         assert!(run(Quota::per_minute(0), &[5; 10_000]).into_iter().all(|a| a));
+        assert!(Quota::per_minute(0).times(10).is_unlimited());
+        assert_eq!(Quota::per_minute(100).times(10).limit, 1000);
     }
 
     #[test]

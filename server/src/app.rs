@@ -44,6 +44,8 @@ pub struct AppState {
     pub broker: Option<Arc<dyn TaskQueue>>,
     pub metrics: Option<PrometheusHandle>,
     pub max_batch: usize,
+    /// Largest WebSocket message (the body limit).
+    pub max_message: usize,
 }
 
 /// Options of the HTTP layer.
@@ -99,6 +101,7 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
         broker,
         metrics: opts.metrics.clone(),
         max_batch: opts.schema.limits.max_batch,
+        max_message: opts.max_body_bytes,
     };
     let max_body = opts.max_body_bytes;
     let mut router = Router::new()
@@ -172,7 +175,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap, ip: Option<IpAddr>) -> Caller {
-    Caller { credential: auth::resolve(&state.auth, auth::credential_from_headers(headers)).await, ip }
+    auth::caller(&state.auth, auth::credential_from_headers(headers), ip).await
 }
 
 /// Per-request data: the caller and dataloaders with a cache, so a resolver can prefetch a whole page's tasks
@@ -281,13 +284,14 @@ async fn graphql_ws(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let from_headers = auth::credential_from_headers(&headers);
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+    let max_message = state.max_message;
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(max_message).on_upgrade(move |socket| {
         let auth = state.auth.clone();
         GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
             .on_connection_init(move |payload| async move {
                 let credential = auth::credential_from_payload(&payload).or(from_headers);
                 let mut data = async_graphql::Data::default();
-                data.insert(Caller { credential: auth::resolve(&auth, credential).await, ip });
+                data.insert(auth::caller(&auth, credential, ip).await);
                 Ok(data)
             })
             .serve()

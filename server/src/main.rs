@@ -47,8 +47,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("authentication setup failed: {e}"))?;
     let quotas = config.security.quotas()?;
     let limiter: Arc<dyn RateLimiter> = match &config.worker.redis_url {
-        None => Arc::new(InProcessRateLimiter::new(quotas)),
-        Some(url) => Arc::new(RedisRateLimiter::connect(url, &config.worker.namespace, quotas).await.map_err(|e| {
+        None => Arc::new(InProcessRateLimiter::new()),
+        Some(url) => Arc::new(RedisRateLimiter::connect(url, &config.worker.namespace).await.map_err(|e| {
             anyhow::anyhow!("TASKORCH_REDIS_URL ({}) is unreachable: {e}", taskorch_engine::db::redact(url))
         })?),
     };
@@ -89,6 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             schema: SchemaOptions {
                 auth,
                 limiter,
+                quotas,
                 limits: config.security.document_limits(),
                 introspection: config.security.introspection,
             },

@@ -53,9 +53,10 @@ async fn submitted_workflow_reads_back_with_its_tasks() {
     common::assert_gapless(&events, 1);
 
     let missing = server
-        .data("query($id: ID!) { workflow(id: $id) { id } }", json!({ "id": uuid::Uuid::new_v4().to_string() }))
+        .gql("query($id: ID!) { workflow(id: $id) { id } }", json!({ "id": uuid::Uuid::new_v4().to_string() }))
         .await;
-    assert!(missing["workflow"].is_null());
+    assert!(missing["data"]["workflow"].is_null(), "{missing}");
+    assert_eq!(missing["errors"][0]["extensions"]["code"], "NOT_FOUND", "{missing}");
     let (code, message) = server.error("{ workflow(id: \"nope\") { id } }", json!({})).await;
     assert_eq!(code, "VALIDATION_FAILED");
     assert!(message.contains("nope"), "{message}");

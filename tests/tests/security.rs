@@ -195,11 +195,15 @@ async fn tenants_cannot_see_or_touch_each_other() {
             .to_owned();
     let missing = uuid::Uuid::now_v7().to_string();
 
-    // Reading: null, exactly as for an id that does not exist.
-    for id in [&of_b, &missing] {
-        let body = server.gql_as(Some(&a), READ, json!({ "id": id })).await;
-        assert_eq!(body, json!({ "data": { "workflow": null } }), "{id}");
-    }
+    // Reading: null and NOT_FOUND, exactly as for an id that does not exist.
+    let read_foreign = server.gql_as(Some(&a), READ, json!({ "id": of_b })).await;
+    let read_missing = server.gql_as(Some(&a), READ, json!({ "id": missing })).await;
+    assert_eq!(code(&read_foreign), "NOT_FOUND");
+    assert_eq!(
+        read_foreign.to_string().replace(&of_b, "ID"),
+        read_missing.to_string().replace(&missing, "ID"),
+        "a foreign workflow reads exactly like a missing one"
+    );
     let listed = server.gql_as(Some(&a), LIST, json!({})).await.to_string();
     assert!(listed.contains(&of_a) && !listed.contains(&of_b), "{listed}");
     // Cancelling: NOT_FOUND with the same message shape.
@@ -475,4 +479,41 @@ async fn responses_carry_security_headers_and_introspection_can_be_turned_off() 
     }
     let body = server.gql("{ __schema { types { name } } }", json!({})).await;
     assert!(!body["errors"].is_null(), "introspection is off: {body}");
+}
+
+#[tokio::test]
+async fn a_revocation_holds_on_every_server_at_once() {
+    let a = Server::start_with(env(&[])).await;
+    let b = a.sibling(env(&[])).await;
+    let created = a.gql_as(Some(&a.token), CREATE_KEY, json!({ "n": "svc", "r": "VIEWER" })).await;
+    let secret = created["data"]["createApiKey"]["secret"].as_str().unwrap().to_owned();
+    let id = created["data"]["createApiKey"]["apiKey"]["id"].clone();
+    assert!(b.gql_as(Some(&secret), LIST, json!({})).await["errors"].is_null(), "the key works on the other server");
+    // A token issued by one server is accepted by the other (the signing key is shared through the database).
+    assert!(b.gql_as(Some(&a.token), LIST, json!({})).await["errors"].is_null());
+    a.data("mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }", json!({ "id": id })).await;
+    let body = b.gql_as(Some(&secret), LIST, json!({})).await;
+    assert_eq!(code(&body), "UNAUTHENTICATED", "refused by the other server on the very next request: {body}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_open_subscriptions() {
+    let server = Server::start_with(env(&[])).await;
+    let created = server.gql_as(Some(&server.token), CREATE_KEY, json!({ "n": "watcher", "r": "VIEWER" })).await;
+    let secret = created["data"]["createApiKey"]["secret"].as_str().unwrap().to_owned();
+    let id = created["data"]["createApiKey"]["apiKey"]["id"].clone();
+    let mut sub = server.subscribe_as(Some(&secret), "subscription { events { sequence } }", json!({})).await;
+    server.submit(workflow_input("seen")).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("an event").unwrap();
+    assert!(first["events"]["sequence"].is_number(), "{first}");
+    server.data("mutation($id: ID!) { revokeApiKey(id: $id) { revoked } }", json!({ "id": id })).await;
+    // The stream ends with UNAUTHENTICATED within the recheck period (5 s), whatever else it was sending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, sub.raw()).await.expect("the stream ended in time");
+        if msg["payload"]["errors"].is_array() || msg["type"] == "error" {
+            assert_eq!(sub_error(msg), "UNAUTHENTICATED");
+            break;
+        }
+    }
 }

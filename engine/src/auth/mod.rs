@@ -131,6 +131,8 @@ pub struct Auth {
 
 struct Inner {
     store: Store,
+    /// Password hashing runs on blocking threads, a few at a time: each takes its memory cost (19 MiB by default).
+    hashing_slots: tokio::sync::Semaphore,
     jwt: JwtKeys,
     hashing: PasswordHashing,
     access_ttl: Duration,
@@ -146,12 +148,21 @@ impl Auth {
         let secret = match opts.jwt_secret {
             Some(s) if s.len() >= 32 => s,
             Some(_) => return Err(Error::BadInput("the JWT secret must have at least 32 bytes".to_owned())),
-            None => store.setting_or_insert("jwt_secret", secret::random_alnum(64)).await?.into_bytes(),
+            None => {
+                tracing::warn!(
+                    "TASKORCH_JWT_SECRET is not set: access tokens are signed with a key generated once and kept in \
+                     the database; set TASKORCH_JWT_SECRET (or TASKORCH_JWT_SECRET_FILE) in production"
+                );
+                store.setting_or_insert("jwt_secret", secret::random_alnum(64)).await?.into_bytes()
+            }
         };
         let hashing = PasswordHashing::new(opts.hash_params).map_err(Error::BadInput)?;
         let auth = Self {
             inner: Arc::new(Inner {
                 store,
+                hashing_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+                ),
                 jwt: JwtKeys::new(&secret),
                 hashing,
                 access_ttl: opts.access_ttl.unwrap_or(DEFAULT_ACCESS_TTL),
@@ -173,7 +184,12 @@ impl Auth {
             Some(p) => (p, false),
             None => (secret::random_alnum(24), true),
         };
-        rules::check_password(&password).map_err(|e| Error::BadInput(format!("TASKORCH_ADMIN_PASSWORD: {e}")))?;
+        if password.is_empty() {
+            return Err(Error::BadInput("TASKORCH_ADMIN_PASSWORD is empty".to_owned()));
+        }
+        if rules::check_password(&password).is_err() {
+            tracing::warn!("TASKORCH_ADMIN_PASSWORD is shorter than {} characters", rules::MIN_PASSWORD_LEN);
+        }
         let hash = self.hash(password.clone()).await?;
         match self.inner.store.insert_user(TenantId::SYSTEM, &email, hash, Role::Admin).await {
             Ok(_) => {}
@@ -185,6 +201,7 @@ impl Auth {
     }
 
     async fn hash(&self, password: String) -> Result<String, Error> {
+        let _slot = self.inner.hashing_slots.acquire().await.map_err(Error::corrupt)?;
         let hashing = self.inner.hashing.clone();
         tokio::task::spawn_blocking(move || hashing.hash(&password))
             .await
@@ -197,10 +214,11 @@ impl Auth {
         const REFUSED: &str = "invalid email or password";
         let email = rules::normalize_email(email).unwrap_or_default();
         let found = if email.is_empty() { None } else { self.inner.store.user_by_email(&email).await? };
+        let _slot = self.inner.hashing_slots.acquire().await.map_err(Error::corrupt)?;
         let hashing = self.inner.hashing.clone();
         let (password, stored) = (password.to_owned(), found.as_ref().map(|u| u.password_hash.clone()));
         let ok = tokio::task::spawn_blocking(move || {
-            password.len() <= rules::MAX_PASSWORD_LEN && hashing.verify(&password, stored.as_deref())
+            password.chars().count() <= rules::MAX_PASSWORD_LEN && hashing.verify(&password, stored.as_deref())
         })
         .await
         .unwrap_or(false);

@@ -3,6 +3,7 @@
 //! [`Caller`] that guards and resolvers read.
 
 mod guard;
+pub mod live;
 
 use std::net::IpAddr;
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 use taskorch_engine::auth::{Auth, Principal};
 
 pub use guard::{Need, principal};
+pub use live::LiveCredential;
 
 /// The credential of a request.
 #[derive(Debug, Clone)]
@@ -24,10 +26,18 @@ pub enum Credential {
 }
 
 /// Request (or connection) data: the credential and the client's address.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     pub credential: Credential,
     pub ip: Option<IpAddr>,
+    /// The credential as sent, so subscriptions can check it again; never logged.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller").field("credential", &self.credential).field("ip", &self.ip).finish_non_exhaustive()
+    }
 }
 
 impl Caller {
@@ -35,15 +45,6 @@ impl Caller {
         match &self.credential {
             Credential::Valid(p) => Some(p),
             _ => None,
-        }
-    }
-
-    /// Key of this caller for rate limits: its credential, else its address.
-    pub fn rate_subject(&self) -> String {
-        match (&self.credential, self.ip) {
-            (Credential::Valid(p), _) => p.rate_key(),
-            (_, Some(ip)) => format!("ip:{ip}"),
-            (_, None) => "ip:unknown".to_owned(),
         }
     }
 }
@@ -77,6 +78,12 @@ pub fn credential_from_payload(payload: &Value) -> Option<String> {
         }
     }
     obj.get("headers").and_then(credential_from_payload)
+}
+
+/// The caller of a request or connection sending `credential` from `ip`.
+pub async fn caller(auth: &Auth, credential: Option<String>, ip: Option<IpAddr>) -> Caller {
+    let secret = credential.filter(|c| !c.is_empty());
+    Caller { credential: resolve(auth, secret.clone()).await, ip, secret }
 }
 
 /// Resolves a credential (a missing or empty one is `Missing`).

@@ -73,6 +73,46 @@ pub fn measure(doc: &ExecutableDocument, limits: DocumentLimits) -> Shape {
     walk.shape
 }
 
+/// Nesting of brackets of any kind (selections, lists, input objects) above which a document is refused unparsed.
+const RAW_NESTING_LIMIT: usize = 64;
+
+/// The deepest bracket nesting in a GraphQL text, outside strings and comments.
+pub fn nesting(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' || c == '\r' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                // A string (escapes skipped) or a block string; either ends at the next unescaped quote, which is
+                // enough here: a block string's inner quotes only end the scan of nesting early, never miss depth.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '{' | '[' | '(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            '}' | ']' | ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Whether an operation asks for `__schema` or `__type` at its root.
 fn introspects(doc: &ExecutableDocument) -> bool {
     doc.operations.iter().any(|(_, op)| {
@@ -144,9 +184,16 @@ impl Extension for Checker {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        // Bound the nesting before the recursive parser sees the text (the precise depth is checked after).
+        if nesting(query) > RAW_NESTING_LIMIT.max(self.0.max_depth) {
+            let over = self.0.max_depth + 1;
+            return Err(check(&Shape { depth: over, ..Shape::default() }, self.0).err().unwrap_or_else(|| {
+                refusal(code::LIMIT_EXCEEDED, "the query is nested too deeply (max depth)".to_owned())
+            }));
+        }
         let doc = next.run(ctx, query, variables).await.map_err(|e| {
             // The parser stops nesting itself (at 32 levels): the same limit, by name.
-            if e.message.contains("recursion depth") {
+            if e.message.contains("recursion") {
                 let over = self.0.max_depth.max(32) + 1;
                 check(&Shape { depth: over, ..Shape::default() }, self.0).err().unwrap_or(e)
             } else {
@@ -193,6 +240,13 @@ mod tests {
         let wide: String = (0..60).map(|i| format!("f{i} ")).collect();
         let err = check(&shape(&format!("{{ {wide} }}")), LIMITS).unwrap_err();
         assert!(err.message.contains("max complexity"), "{}", err.message);
+    }
+
+    #[test]
+    fn raw_nesting_skips_strings_and_comments() {
+        assert_eq!(nesting("{ a { b(x: [1, {y: 2}]) } }"), 5);
+        assert_eq!(nesting("{ a(s: \"{{{{\\\"{{\") # {{{{\n }"), 2);
+        assert_eq!(nesting(&"{".repeat(10_000)), 10_000);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod types;
 use std::sync::Arc;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
+use taskorch_domain::ratelimit::Quotas;
 use taskorch_engine::Engine;
 use taskorch_engine::auth::Auth;
 use taskorch_engine::ratelimit::RateLimiter;
@@ -34,6 +35,7 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct SchemaOptions {
     pub auth: Auth,
     pub limiter: Arc<dyn RateLimiter>,
+    pub quotas: Quotas,
     pub limits: DocumentLimits,
     pub introspection: bool,
 }
@@ -50,7 +52,7 @@ pub fn build_schema(
         .data(opts.auth)
         .extension(crate::metrics::RequestMetrics)
         // The last extension sees the parsed document first: limits are checked before the call is counted.
-        .extension(ratelimit::RateLimits(opts.limiter))
+        .extension(ratelimit::RateLimits { limiter: opts.limiter, quotas: opts.quotas })
         .extension(limits::DocumentLimitsExtension(opts.limits))
         // Backstops behind the named checks of `limits`.
         .limit_depth(opts.limits.max_depth)

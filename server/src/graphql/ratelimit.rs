@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{ServerError, ServerResult, Variables};
-use taskorch_domain::ratelimit::{Decision, OperationClass};
+use taskorch_domain::ratelimit::{Decision, OperationClass, Quota, Quotas};
 use taskorch_engine::ratelimit::RateLimiter;
 
 use crate::auth::Caller;
@@ -18,22 +18,38 @@ const LIST_FIELDS: [&str; 4] = ["workflows", "users", "apiKeys", "tenants"];
 /// Root fields open to anyone, limited per client address.
 const LOGIN_FIELDS: [&str; 2] = ["login", "refreshToken"];
 
-/// The class of a document's operations (the strictest wins when a document holds several).
-pub fn classify(doc: &ExecutableDocument) -> OperationClass {
-    let mut class = OperationClass::Read;
+/// Root field names of a selection set, through inline fragments and fragment spreads.
+fn root_fields<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    seen: &mut Vec<&'a str>,
+    out: &mut Vec<&'a str>,
+) {
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(f) => out.push(f.node.name.node.as_str()),
+            Selection::InlineFragment(f) => root_fields(doc, &f.node.selection_set.node, seen, out),
+            Selection::FragmentSpread(s) => {
+                let name = s.node.fragment_name.node.as_str();
+                if seen.contains(&name) {
+                    continue;
+                }
+                seen.push(name);
+                if let Some(def) = doc.fragments.get(&s.node.fragment_name.node) {
+                    root_fields(doc, &def.node.selection_set.node, seen, out);
+                }
+            }
+        }
+    }
+}
+
+/// The classes of a document's operations; a document holding several operations is charged for each.
+pub fn classify(doc: &ExecutableDocument) -> Vec<OperationClass> {
+    let mut classes = Vec::new();
     for (_, op) in doc.operations.iter() {
-        let roots: Vec<&str> = op
-            .node
-            .selection_set
-            .node
-            .items
-            .iter()
-            .filter_map(|s| match &s.node {
-                Selection::Field(f) => Some(f.node.name.node.as_str()),
-                _ => None,
-            })
-            .collect();
-        let this = match op.node.ty {
+        let mut roots = Vec::new();
+        root_fields(doc, &op.node.selection_set.node, &mut Vec::new(), &mut roots);
+        let class = match op.node.ty {
             OperationType::Subscription => OperationClass::Subscribe,
             OperationType::Mutation if !roots.is_empty() && roots.iter().all(|r| LOGIN_FIELDS.contains(r)) => {
                 OperationClass::Login
@@ -42,11 +58,11 @@ pub fn classify(doc: &ExecutableDocument) -> OperationClass {
             OperationType::Query if roots.iter().any(|r| LIST_FIELDS.contains(r)) => OperationClass::List,
             OperationType::Query => OperationClass::Read,
         };
-        if this == OperationClass::Login || class == OperationClass::Read {
-            class = this;
+        if !classes.contains(&class) {
+            classes.push(class);
         }
     }
-    class
+    classes
 }
 
 /// The error of a refused call.
@@ -65,15 +81,36 @@ pub fn limited(class: OperationClass, retry_after_ms: u64) -> ServerError {
     err
 }
 
-pub struct RateLimits(pub Arc<dyn RateLimiter>);
+/// Authenticated calls are also charged to their client address, at this many times the per-credential quota
+/// (so several keys on one host share a ceiling, while one key's limit does not touch the others).
+const PER_ADDRESS_FACTOR: u32 = 10;
+
+pub struct RateLimits {
+    pub limiter: Arc<dyn RateLimiter>,
+    pub quotas: Quotas,
+}
 
 impl ExtensionFactory for RateLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Limiter(self.0.clone()))
+        Arc::new(Limiter(self.limiter.clone(), self.quotas.clone()))
     }
 }
 
-struct Limiter(Arc<dyn RateLimiter>);
+struct Limiter(Arc<dyn RateLimiter>, Quotas);
+
+impl Limiter {
+    /// The charges of one call of `class`: (subject, quota).
+    fn charges(&self, class: OperationClass, caller: &Caller) -> Vec<(String, Quota)> {
+        let quota = self.1.get(class);
+        let address = format!("ip:{}", caller.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into()));
+        match caller.principal() {
+            Some(p) if class != OperationClass::Login => {
+                vec![(p.rate_key(), quota), (address, quota.times(PER_ADDRESS_FACTOR))]
+            }
+            _ => vec![(address, quota)],
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl Extension for Limiter {
@@ -85,18 +122,15 @@ impl Extension for Limiter {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
-        let class = classify(&doc);
-        let caller = ctx.data_opt::<Caller>();
-        let subject = match (class, caller) {
-            (OperationClass::Login, Some(c)) => {
-                c.ip.map(|ip| format!("ip:{ip}")).unwrap_or_else(|| "ip:unknown".into())
+        // In-process callers (tests of the schema) carry no caller.
+        let Some(caller) = ctx.data_opt::<Caller>() else { return Ok(doc) };
+        for class in classify(&doc) {
+            for (subject, quota) in self.charges(class, caller) {
+                if let Decision::Limited { retry_after_ms } = self.0.check(class, &subject, quota).await {
+                    metrics::counter!("taskorch_rate_limited_total", "class" => class.as_str()).increment(1);
+                    return Err(limited(class, retry_after_ms));
+                }
             }
-            (_, Some(c)) => c.rate_subject(),
-            (_, None) => return Ok(doc), // in-process callers (tests of the schema) carry no caller
-        };
-        if let Decision::Limited { retry_after_ms } = self.0.check(class, &subject).await {
-            metrics::counter!("taskorch_rate_limited_total", "class" => class.as_str()).increment(1);
-            return Err(limited(class, retry_after_ms));
         }
         Ok(doc)
     }
@@ -107,7 +141,9 @@ mod tests {
     use super::*;
 
     fn class(q: &str) -> OperationClass {
-        classify(&async_graphql::parser::parse_query(q).unwrap())
+        let classes = classify(&async_graphql::parser::parse_query(q).unwrap());
+        assert_eq!(classes.len(), 1, "{classes:?}");
+        classes[0]
     }
 
     #[test]
@@ -121,5 +157,22 @@ mod tests {
             OperationClass::Write
         );
         assert_eq!(class("subscription { events { sequence } }"), OperationClass::Subscribe);
+    }
+
+    #[test]
+    fn fragments_and_several_operations_do_not_dodge_the_listing_class() {
+        assert_eq!(class("{ ... on Query { workflows { edges { cursor } } } }"), OperationClass::List);
+        assert_eq!(
+            class("query { ...F } fragment F on Query { workflows { edges { cursor } } }"),
+            OperationClass::List
+        );
+        let doc = async_graphql::parser::parse_query(
+            "mutation A { login(email: \"a\", password: \"b\") { accessToken } } query B { workflows { edges { cursor } } }",
+        )
+        .unwrap();
+        let classes = classify(&doc);
+        assert!(
+            classes.len() == 2 && classes.contains(&OperationClass::Login) && classes.contains(&OperationClass::List)
+        );
     }
 }

@@ -17,12 +17,16 @@ pub struct WorkflowQuery;
 
 #[Object]
 impl WorkflowQuery {
-    /// One workflow of the caller's tenant by id; null when there is none (another tenant's id reads as none).
+    /// One workflow of the caller's tenant by id. When there is none — or it belongs to another tenant, which
+    /// reads exactly the same — the answer is null with a `NOT_FOUND` error.
     #[graphql(guard = "Need(Permission::Read)")]
     async fn workflow(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Workflow>> {
         let id = parse_workflow_id(&id)?;
         let tenant = principal(ctx)?.tenant;
-        Ok(ctx.data::<Engine>()?.workflow_of(tenant, id).await.map_err(from_engine)?.map(Workflow))
+        match ctx.data::<Engine>()?.workflow_of(tenant, id).await.map_err(from_engine)? {
+            Some(w) => Ok(Some(Workflow(w))),
+            None => Err(from_engine(taskorch_engine::Error::NotFound { what: "workflow", id: id.to_string() })),
+        }
     }
 
     /// The caller's tenant's workflows, newest first, as a Relay cursor connection (`first` defaults to 20, at

@@ -9,7 +9,8 @@ use taskorch_engine::Engine;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ActiveSubscriptions;
-use crate::auth::{Need, principal};
+use crate::auth::live::RECHECK;
+use crate::auth::{LiveCredential, Need};
 use crate::error::from_engine;
 use crate::graphql::types::{EventType, WorkflowEvent, parse_workflow_id};
 
@@ -39,9 +40,10 @@ impl EventSubscription {
         ctx: &Context<'_>,
         workflow_id: ID,
         after_sequence: Option<i64>,
-    ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
+    ) -> Result<impl Stream<Item = Result<WorkflowEvent>> + use<>> {
         let id = parse_workflow_id(&workflow_id)?;
-        let tenant = principal(ctx)?.tenant;
+        let (principal, mut credential) = LiveCredential::begin(ctx).await?;
+        let tenant = principal.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         // Subscribe before reading the log so nothing falls between the two.
         let mut live = engine.bus().subscribe();
@@ -62,7 +64,7 @@ impl EventSubscription {
                     let n = page.len() as u64;
                     for e in &page {
                         last = e.sequence;
-                        yield WorkflowEvent::from(e);
+                        yield Ok(WorkflowEvent::from(e));
                     }
                     if n < REPLAY_PAGE {
                         break;
@@ -72,7 +74,7 @@ impl EventSubscription {
                     // Drain what committed between the read above and the status check.
                     if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
                         for e in &rest {
-                            yield WorkflowEvent::from(e);
+                            yield Ok(WorkflowEvent::from(e));
                         }
                     }
                     break;
@@ -81,7 +83,12 @@ impl EventSubscription {
                 loop {
                     // Events committed by another process reach this one only through a shared bus; without
                     // one, a quiet period falls back to reading the log.
-                    let Ok(received) = tokio::time::timeout(LOG_POLL, live.recv()).await else { continue 'outer };
+                    let received = tokio::time::timeout(LOG_POLL, live.recv()).await;
+                    if !credential.still_valid().await {
+                        yield Err(LiveCredential::expired());
+                        break 'outer;
+                    }
+                    let Ok(received) = received else { continue 'outer };
                     match received {
                         Ok(e) if e.workflow_id == id => {
                             if e.sequence <= last {
@@ -92,12 +99,12 @@ impl EventSubscription {
                             }
                             last = e.sequence;
                             let terminal = e.event_type.is_terminal() || e.event_type == taskorch_domain::EventType::TaskCompensationFailed;
-                            yield WorkflowEvent::from(e.as_ref());
+                            yield Ok(WorkflowEvent::from(e.as_ref()));
                             if terminal && is_finished(&engine, id).await {
                                 // Events of the same commit may follow the terminal one in the log.
                                 if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
                                     for e in &rest {
-                                        yield WorkflowEvent::from(e);
+                                        yield Ok(WorkflowEvent::from(e));
                                     }
                                 }
                                 break 'outer;
@@ -119,8 +126,9 @@ impl EventSubscription {
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
-    ) -> Result<impl Stream<Item = WorkflowEvent> + use<>> {
-        let tenant = principal(ctx)?.tenant;
+    ) -> Result<impl Stream<Item = Result<WorkflowEvent>> + use<>> {
+        let (principal, mut credential) = LiveCredential::begin(ctx).await?;
+        let tenant = principal.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         let filter = filter.unwrap_or_default();
         let types: Option<HashSet<taskorch_domain::EventType>> =
@@ -131,7 +139,13 @@ impl EventSubscription {
         Ok(async_stream::stream! {
             let _guard = guard;
             loop {
-                match live.recv().await {
+                let received = tokio::time::timeout(RECHECK, live.recv()).await;
+                if !credential.still_valid().await {
+                    yield Err(LiveCredential::expired());
+                    break;
+                }
+                let Ok(received) = received else { continue };
+                match received {
                     Ok(e) => {
                         if e.tenant_id != tenant {
                             continue;
@@ -142,7 +156,7 @@ impl EventSubscription {
                         if types.as_ref().is_some_and(|t| !t.contains(&e.event_type)) {
                             continue;
                         }
-                        yield WorkflowEvent::from(e.as_ref());
+                        yield Ok(WorkflowEvent::from(e.as_ref()));
                     }
                     Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "firehose subscriber lagged"),
                     Err(RecvError::Closed) => break,

@@ -90,6 +90,18 @@ impl CreatedApiKey {
     async fn token(&self) -> &str {
         &self.0.token
     }
+    /// The same as `secret`.
+    async fn key(&self) -> &str {
+        &self.0.token
+    }
+    /// Id of the key (as `apiKey.id`).
+    async fn id(&self) -> ID {
+        ID(self.0.key.id.to_string())
+    }
+    /// Visible prefix of the key (as `apiKey.prefix`).
+    async fn prefix(&self) -> &str {
+        &self.0.key.prefix
+    }
 }
 
 /// A tenant (project): workflows, users and keys belong to one.
@@ -113,6 +125,10 @@ pub struct AuthPayload(pub Session);
 impl AuthPayload {
     /// Send as `Authorization: Bearer <accessToken>`; valid until `expiresAt`.
     async fn access_token(&self) -> &str {
+        &self.0.access_token
+    }
+    /// The same as `accessToken`.
+    async fn token(&self) -> &str {
         &self.0.access_token
     }
     /// Trade for a new session with `refreshToken` (once).

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The cost of authentication per request, over HTTP with wrk against a release server on the embedded default:
+# the same request with no credential (no auth work), with a JWT and with an API key, and the hot workflow read
+# with each credential. Usage: bench/auth-cost.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release -q --bin taskorch
+BIN=${CARGO_TARGET_DIR:-target}/release/taskorch
+DIR=$(mktemp -d)
+trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+PASS=bench-admin-password
+(cd "$DIR" && TASKORCH_LISTEN=127.0.0.1:0 TASKORCH_LOG=warn TASKORCH_ADMIN_PASSWORD=$PASS \
+  TASKORCH_RATE_LIMITS=list=0,read=0,write=0,subscribe=0,login=0 "$OLDPWD/$BIN" > "$DIR/out" 2>&1) &
+PID=$!
+for _ in $(seq 100); do grep -q listening "$DIR/out" 2>/dev/null && break; sleep 0.1; done
+URL=$(grep -o 'http://[^ ]*/graphql' "$DIR/out" | head -1)
+gql() { curl -s "$URL" -H 'content-type: application/json' ${2:+-H "authorization: Bearer $2"} -d "$1"; }
+field() { sed "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/"; }
+JWT=$(gql '{"query":"mutation { login(email: \"admin@taskorch.local\", password: \"'$PASS'\") { accessToken } }"}' | field accessToken)
+KEY=$(gql '{"query":"mutation { createApiKey(name: \"bench\", role: VIEWER) { secret } }"}' "$JWT" | field secret)
+WF=$(gql '{"query":"mutation { submitWorkflow(input: { name: \"hot\", tasks: [{ key: \"a\", kind: \"noop\" }, { key: \"b\", kind: \"noop\", dependsOn: [\"a\"] }, { key: \"c\", kind: \"noop\", dependsOn: [\"b\"] }] }) { id } }"}' "$JWT" | field id)
+run() { # name, body, credential
+  cat > "$DIR/req.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$2'
+wrk.headers["Content-Type"] = "application/json"
+${3:+wrk.headers["Authorization"] = "Bearer $3"}
+LUA
+  local rps
+  rps=$(wrk -t1 -c32 -d"${SECS}s" -s "$DIR/req.lua" "$URL" | awk '/Requests\/sec/ { print $2 }')
+  printf '%-44s %10.0f req/s  %7.1f µs/req\n' "$1" "$rps" "$(echo "1000000 / $rps" | bc -l)"
+}
+TYPENAME='{"query":"{ __typename }"}'
+HOT='{"query":"query($id: ID!) { workflow(id: $id) { status tasks { key status } } }","variables":{"id":"'$WF'"}}'
+echo "wrk -t1 -c32 -d${SECS}s, server: release, embedded default (SQLite), $(nproc) cores shared with wrk"
+run "{ __typename }, no credential" "$TYPENAME" ""
+run "{ __typename }, JWT" "$TYPENAME" "$JWT"
+run "{ __typename }, API key" "$TYPENAME" "$KEY"
+run "hot workflow(id) { status tasks { key status } }, JWT" "$HOT" "$JWT"
+run "hot workflow(id) { status tasks { key status } }, API key" "$HOT" "$KEY"

@@ -1,0 +1,52 @@
+//! Credentials of long-lived subscriptions: checked again when a subscription starts (not only at
+//! `connection_init`) and every few seconds while it streams, so a revoked or expired credential stops it.
+
+use std::time::{Duration, Instant};
+
+use async_graphql::{Context, Result};
+use taskorch_engine::auth::{Auth, Principal};
+
+use super::{Caller, principal};
+use crate::error::{api_error, code};
+
+/// How often a streaming subscription's credential is checked again.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+pub struct LiveCredential {
+    auth: Auth,
+    credential: Option<String>,
+    checked: Instant,
+}
+
+impl LiveCredential {
+    /// Checks the caller's credential now; the principal it identifies and the handle to check it again.
+    pub async fn begin(ctx: &Context<'_>) -> Result<(Principal, Self)> {
+        let auth = ctx.data::<Auth>()?.clone();
+        let credential = ctx.data_opt::<Caller>().and_then(|c| c.secret.clone());
+        let principal = match &credential {
+            Some(c) => auth.authenticate(c).await.map_err(crate::error::from_engine)?,
+            None => principal(ctx)?.clone(),
+        };
+        Ok((principal, Self { auth, credential, checked: Instant::now() }))
+    }
+
+    /// Whether the credential is still valid (checked at most every [`RECHECK`]).
+    pub async fn still_valid(&mut self) -> bool {
+        let Some(credential) = &self.credential else { return true };
+        if self.checked.elapsed() < RECHECK {
+            return true;
+        }
+        self.checked = Instant::now();
+        match self.auth.authenticate(credential).await {
+            Ok(_) => true,
+            Err(taskorch_engine::Error::Unauthenticated(_)) => false,
+            // A database hiccup does not end a stream; the next check decides.
+            Err(_) => true,
+        }
+    }
+
+    /// The error that ends a stream whose credential stopped being valid.
+    pub fn expired() -> async_graphql::Error {
+        api_error(code::UNAUTHENTICATED, "the credential of this subscription expired or was revoked")
+    }
+}
