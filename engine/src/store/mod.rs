@@ -2,6 +2,7 @@
 //! (a state change, its events, the tasks it makes ready) share one transaction.
 
 mod auth;
+mod bulk;
 mod exec;
 mod lifecycle;
 mod read;
@@ -164,8 +165,24 @@ impl Store {
     }
 }
 
-/// Inserts event rows in chunks (one statement per chunk).
+/// Inserts event rows: one JSON-expanded statement on PostgreSQL, multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let rows = records
+            .iter()
+            .map(|r| {
+                let mut m = serde_json::Map::with_capacity(6);
+                m.insert("workflow_id".into(), r.workflow_id.0.to_string().into());
+                m.insert("sequence".into(), r.sequence.into());
+                m.insert("event_type".into(), r.event_type.as_str().into());
+                m.insert("task_key".into(), r.task_key.clone().into());
+                m.insert("at".into(), at.into());
+                m.insert("data".into(), r.data.clone());
+                m
+            })
+            .collect();
+        return bulk::insert_json(conn, "event", &bulk::EVENT, rows).await;
+    }
     for chunk in records.chunks(2000) {
         let models = chunk.iter().map(|r| event::ActiveModel {
             workflow_id: sea_orm::Set(r.workflow_id.0),

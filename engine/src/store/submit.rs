@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait};
 use serde_json::{Value as Json, json};
 use taskorch_domain::dag::ValidatedWorkflow;
 use taskorch_domain::{EventType, NewEvent, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
@@ -71,7 +71,7 @@ impl Store {
             }
         }
         let mut events = vec![NewEvent::workflow(EventType::WorkflowStarted)];
-        let rows: Vec<task::ActiveModel> = spec
+        let rows: Vec<task::Model> = spec
             .tasks
             .iter()
             .enumerate()
@@ -83,35 +83,35 @@ impl Store {
                 let status = if root { TaskStatus::Queued } else { TaskStatus::Pending };
                 let compensation =
                     t.compensation.as_ref().map(|c| json!({ "kind": c.kind, "payload": c.payload, "retry": c.retry }));
-                task::ActiveModel {
-                    id: Set(TaskId::new().0),
-                    workflow_id: Set(wf_id.0),
-                    key: Set(t.key.clone()),
-                    kind: Set(t.kind.clone()),
-                    position: Set(i as i32),
-                    status: Set(status.as_str().to_owned()),
-                    payload: Set(if t.payload.is_null() { None } else { Some(t.payload.clone()) }),
-                    result: Set(None),
-                    error: Set(None),
-                    depends_on: Set(json!(t.depends_on)),
-                    dependents: Set(json!(dependents.get(t.key.as_str()).cloned().unwrap_or_default())),
-                    pending_deps: Set(t.depends_on.len() as i32),
-                    priority: Set(i16::from(t.config.priority.get())),
-                    attempts: Set(0),
-                    attempt_base: Set(0),
-                    retry: Set(serde_json::to_value(&t.retry).unwrap_or(Json::Null)),
-                    timeout_ms: Set(t.config.timeout_ms.map(|v| v as i64)),
-                    idempotency_key: Set(t.config.idempotency_key.clone()),
-                    compensation: Set(compensation),
-                    comp_kind: Set(t.compensation.as_ref().map(|c| c.kind.clone())),
-                    comp_attempts: Set(0),
-                    comp_attempt_base: Set(0),
-                    available_at: Set(now),
-                    dispatched_until: Set(0),
-                    lease_until: Set(None),
-                    queued_at: Set(root.then_some(now)),
-                    started_at: Set(None),
-                    finished_at: Set(None),
+                task::Model {
+                    id: TaskId::new().0,
+                    workflow_id: wf_id.0,
+                    key: t.key.clone(),
+                    kind: t.kind.clone(),
+                    position: i as i32,
+                    status: status.as_str().to_owned(),
+                    payload: if t.payload.is_null() { None } else { Some(t.payload.clone()) },
+                    result: None,
+                    error: None,
+                    depends_on: json!(t.depends_on),
+                    dependents: json!(dependents.get(t.key.as_str()).cloned().unwrap_or_default()),
+                    pending_deps: t.depends_on.len() as i32,
+                    priority: i16::from(t.config.priority.get()),
+                    attempts: 0,
+                    attempt_base: 0,
+                    retry: serde_json::to_value(&t.retry).unwrap_or(Json::Null),
+                    timeout_ms: t.config.timeout_ms.map(|v| v as i64),
+                    idempotency_key: t.config.idempotency_key.clone(),
+                    compensation: compensation,
+                    comp_kind: t.compensation.as_ref().map(|c| c.kind.clone()),
+                    comp_attempts: 0,
+                    comp_attempt_base: 0,
+                    available_at: now,
+                    dispatched_until: 0,
+                    lease_until: None,
+                    queued_at: root.then_some(now),
+                    started_at: None,
+                    finished_at: None,
                 }
             })
             .collect();
@@ -128,10 +128,15 @@ impl Store {
             }
             return Err(err.into());
         }
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<_> = rows.by_ref().take(TASK_CHUNK).collect();
-            task::Entity::insert_many(chunk).exec_without_returning(&txn).await?;
+        if self.db.backend == sea_orm::DbBackend::Postgres {
+            let rows = rows.iter().map(task_json).collect();
+            super::bulk::insert_json(&txn, "task", &super::bulk::TASK, rows).await?;
+        } else {
+            let mut rows = rows.into_iter().map(IntoActiveModel::into_active_model).peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<_> = rows.by_ref().take(TASK_CHUNK).collect();
+                task::Entity::insert_many(chunk).exec_without_returning(&txn).await?;
+            }
         }
         let records = self.append_events(&txn, wf_id.0, events, now).await?;
         txn.commit().await?;
@@ -163,4 +168,41 @@ impl Store {
             ))),
         }
     }
+}
+
+/// A task row as a JSON object keyed by column, for `bulk::insert_json`.
+fn task_json(t: &task::Model) -> serde_json::Map<String, Json> {
+    let mut m = serde_json::Map::with_capacity(28);
+    let mut put = |k: &str, v: Json| {
+        m.insert(k.to_owned(), v);
+    };
+    put("id", t.id.to_string().into());
+    put("workflow_id", t.workflow_id.to_string().into());
+    put("key", t.key.clone().into());
+    put("kind", t.kind.clone().into());
+    put("position", t.position.into());
+    put("status", t.status.clone().into());
+    put("payload", t.payload.clone().unwrap_or(Json::Null));
+    put("result", t.result.clone().unwrap_or(Json::Null));
+    put("error", t.error.clone().into());
+    put("depends_on", t.depends_on.clone());
+    put("dependents", t.dependents.clone());
+    put("pending_deps", t.pending_deps.into());
+    put("priority", t.priority.into());
+    put("attempts", t.attempts.into());
+    put("attempt_base", t.attempt_base.into());
+    put("retry", t.retry.clone());
+    put("timeout_ms", t.timeout_ms.into());
+    put("idempotency_key", t.idempotency_key.clone().into());
+    put("compensation", t.compensation.clone().unwrap_or(Json::Null));
+    put("comp_kind", t.comp_kind.clone().into());
+    put("comp_attempts", t.comp_attempts.into());
+    put("comp_attempt_base", t.comp_attempt_base.into());
+    put("available_at", t.available_at.into());
+    put("dispatched_until", t.dispatched_until.into());
+    put("lease_until", t.lease_until.into());
+    put("queued_at", t.queued_at.into());
+    put("started_at", t.started_at.into());
+    put("finished_at", t.finished_at.into());
+    m
 }
