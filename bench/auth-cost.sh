@@ -22,14 +22,17 @@ JWT=$(gql '{"query":"mutation { login(email: \"admin@taskorch.local\", password:
 KEY=$(gql '{"query":"mutation { createApiKey(name: \"bench\", role: VIEWER) { secret } }"}' "$JWT" | field secret)
 WF=$(gql '{"query":"mutation { submitWorkflow(input: { name: \"hot\", tasks: [{ key: \"a\", kind: \"noop\" }, { key: \"b\", kind: \"noop\", dependsOn: [\"a\"] }, { key: \"c\", kind: \"noop\", dependsOn: [\"b\"] }] }) { id } }"}' "$JWT" | field id)
 run() { # name, body, credential
-  cat > "$DIR/req.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$2'
-wrk.headers["Content-Type"] = "application/json"
-${3:+wrk.headers["Authorization"] = "Bearer $3"}
-LUA
+  {
+    echo 'wrk.method = "POST"'
+    printf 'wrk.body = [[%s]]\n' "$2"
+    echo 'wrk.headers["Content-Type"] = "application/json"'
+    if [ -n "$3" ]; then printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$3"; fi
+  } > "$DIR/req.lua"
   local rps
-  rps=$(wrk -t1 -c32 -d"${SECS}s" -s "$DIR/req.lua" "$URL" | awk '/Requests\/sec/ { print $2 }')
+  local out
+  out=$(wrk -t1 -c32 -d"${SECS}s" -s "$DIR/req.lua" "$URL")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers: $out" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
   printf '%-44s %10.0f req/s  %7.1f µs/req\n' "$1" "$rps" "$(echo "1000000 / $rps" | bc -l)"
 }
 TYPENAME='{"query":"{ __typename }"}'

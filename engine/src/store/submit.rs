@@ -102,7 +102,7 @@ impl Store {
                     retry: serde_json::to_value(&t.retry).unwrap_or(Json::Null),
                     timeout_ms: t.config.timeout_ms.map(|v| v as i64),
                     idempotency_key: t.config.idempotency_key.clone(),
-                    compensation: compensation,
+                    compensation,
                     comp_kind: t.compensation.as_ref().map(|c| c.kind.clone()),
                     comp_attempts: 0,
                     comp_attempt_base: 0,
