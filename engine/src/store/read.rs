@@ -106,6 +106,19 @@ impl Store {
             .collect()
     }
 
+    /// The newest event sequence of each workflow (for subscribers polling the log).
+    pub async fn last_sequences(&self, ids: &[WorkflowId]) -> Result<HashMap<WorkflowId, i64>, Error> {
+        let rows: Vec<(uuid::Uuid, i64)> = workflow::Entity::find()
+            .select_only()
+            .column(workflow::Column::Id)
+            .column(workflow::Column::LastSequence)
+            .filter(workflow::Column::Id.is_in(ids.iter().map(|i| i.0)))
+            .into_tuple()
+            .all(&self.db.read)
+            .await?;
+        Ok(rows.into_iter().map(|(id, seq)| (WorkflowId(id), seq)).collect())
+    }
+
     /// Tasks by status and the dispatch backlog (due, not handed to a queue), for metrics.
     pub async fn task_stats(&self) -> Result<TaskStats, Error> {
         let rows = self

@@ -47,6 +47,7 @@ pub fn build_schema(
     opts: SchemaOptions,
 ) -> AppSchema {
     let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .data(subscription::EventHub::start(engine.clone()))
         .data(engine)
         .data(subscriptions)
         .data(opts.auth)

@@ -8,7 +8,7 @@ use taskorch_domain::Permission;
 use taskorch_engine::Engine;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::ActiveSubscriptions;
+use super::{ActiveSubscriptions, EventHub};
 use crate::auth::live::RECHECK;
 use crate::auth::{LiveCredential, Need};
 use crate::error::from_engine;
@@ -27,7 +27,9 @@ pub struct EventFilter {
 pub struct EventSubscription;
 
 const REPLAY_PAGE: u64 = 1000;
-const LOG_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// Without any event for this long, a subscriber re-reads the log itself (the hub polls it for everyone more
+/// often; this is the safety net).
+const LOG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[Subscription]
 impl EventSubscription {
@@ -46,13 +48,15 @@ impl EventSubscription {
         let tenant = principal.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         // Subscribe before reading the log so nothing falls between the two.
-        let mut live = engine.bus().subscribe();
-        if engine.workflow_of(tenant, id).await.map_err(from_engine)?.is_none() {
+        let hub = ctx.data::<EventHub>()?;
+        let mut live = hub.subscribe(id);
+        let Some(current) = engine.workflow_of(tenant, id).await.map_err(from_engine)? else {
             return Err(crate::error::api_error(
                 crate::error::code::NOT_FOUND,
                 format!("workflow `{id}` was not found"),
             ));
-        }
+        };
+        hub.observed(id, current.last_sequence);
         let mut last = after_sequence.unwrap_or(0).max(0);
         let guard = ctx.data::<ActiveSubscriptions>()?.enter();
         Ok(async_stream::stream! {

@@ -2,6 +2,8 @@
 
 mod events;
 mod guard;
+mod hub;
 
 pub use events::EventSubscription;
 pub use guard::ActiveSubscriptions;
+pub use hub::EventHub;
