@@ -94,7 +94,7 @@ pub struct DocumentLimits {
 
 impl SecurityConfig {
     pub fn auth_options(&self) -> anyhow::Result<AuthOptions> {
-        let jwt_secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+        let jwt_secret = match (self.jwt_secret.as_ref().filter(|s| !s.is_empty()), &self.jwt_secret_file) {
             (Some(s), _) => Some(s.clone()),
             (None, Some(path)) => Some(read_secret("TASKORCH_JWT_SECRET_FILE", path)?),
             (None, None) => None,
@@ -102,7 +102,7 @@ impl SecurityConfig {
         if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
             anyhow::bail!("TASKORCH_JWT_SECRET must have at least 32 bytes");
         }
-        let admin_password = match (&self.admin_password, &self.admin_password_file) {
+        let admin_password = match (self.admin_password.as_ref().filter(|p| !p.is_empty()), &self.admin_password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(path)) => Some(read_secret("TASKORCH_ADMIN_PASSWORD_FILE", path)?),
             (None, None) => None,

@@ -517,3 +517,28 @@ async fn a_revoked_key_ends_its_open_subscriptions() {
         }
     }
 }
+
+#[tokio::test]
+async fn secrets_can_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, password_file) = (dir.path().join("jwt.key"), dir.path().join("admin.pw"));
+    std::fs::write(&key_file, format!("{JWT_SECRET}\n")).unwrap();
+    std::fs::write(&password_file, "password-from-a-file\n").unwrap();
+    let server = Server::start_with(env(&[
+        ("TASKORCH_ADMIN_EMAIL", "filed@example.test"),
+        ("TASKORCH_ADMIN_PASSWORD", ""),
+        ("TASKORCH_ADMIN_PASSWORD_FILE", password_file.to_str().unwrap()),
+        ("TASKORCH_JWT_SECRET_FILE", key_file.to_str().unwrap()),
+    ]))
+    .await;
+    // The token verifies with the key of the file.
+    let payload = server.token.split('.').nth(1).unwrap().to_owned();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp"]);
+    let decoded = jsonwebtoken::decode::<Value>(
+        &server.token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    );
+    assert!(decoded.is_ok(), "signed with the file's key: {payload}");
+}

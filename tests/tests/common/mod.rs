@@ -199,7 +199,14 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .map(|u| u.trim_end_matches("/graphql").to_owned())
             .unwrap_or_else(|| panic!("no URL in the first line of stdout: {line:?}"));
-        let token = login(&base, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        // The bootstrap admin of this server's environment (a password file wins, as in the server).
+        let var = |k: &str| backend_env.iter().chain(&opts.env).rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let email = var("TASKORCH_ADMIN_EMAIL").unwrap_or_else(|| ADMIN_EMAIL.to_owned());
+        let password = match var("TASKORCH_ADMIN_PASSWORD_FILE") {
+            Some(path) => std::fs::read_to_string(path).expect("password file").trim_end().to_owned(),
+            None => var("TASKORCH_ADMIN_PASSWORD").unwrap_or_else(|| ADMIN_PASSWORD.to_owned()),
+        };
+        let token = login(&base, &email, &password).await;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
