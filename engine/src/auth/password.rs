@@ -29,6 +29,7 @@ pub struct PasswordHashing {
 
 impl PasswordHashing {
     pub fn new(params: HashParams) -> Result<Self, String> {
+        map_large_allocations();
         let p = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
             .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, p);
@@ -47,6 +48,17 @@ impl PasswordHashing {
         let Ok(parsed) = PasswordHash::new(phc) else { return false };
         let ok = self.argon.verify_password(password.as_bytes(), &parsed).is_ok();
         ok && stored.is_some()
+    }
+}
+
+/// Makes large allocations (a hash's 19 MiB block) always `mmap`ed, so freeing one returns it to the system. By
+/// default glibc raises its mmap threshold to the size of the first such block freed; later blocks then come from
+/// the arena of whichever blocking thread hashes, and each of those threads keeps its 19 MiB for good.
+fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning for later allocations.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
