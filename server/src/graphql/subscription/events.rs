@@ -104,6 +104,10 @@ impl EventSubscription {
                             last = e.sequence;
                             let terminal = e.event_type.is_terminal() || e.event_type == taskorch_domain::EventType::TaskCompensationFailed;
                             yield Ok(WorkflowEvent::from(e.as_ref()));
+                            if e.event_type == taskorch_domain::EventType::WorkflowCompleted {
+                                // Final for good, and always the last event of its commit: nothing to read.
+                                break 'outer;
+                            }
                             if terminal && is_finished(&engine, id).await {
                                 // Events of the same commit may follow the terminal one in the log.
                                 if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
