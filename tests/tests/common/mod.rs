@@ -316,10 +316,19 @@ impl Server {
                 json!({ "id": id }),
             )
             .await;
-        let events = tokio::time::timeout(timeout, sub.collect_until_complete())
-            .await
-            .unwrap_or_else(|_| panic!("workflow {id} did not finish within {timeout:?}"));
-        events.into_iter().map(|e| e["workflowEvents"].clone()).collect()
+        match tokio::time::timeout(timeout, sub.collect_until_complete()).await {
+            Ok(events) => events.into_iter().map(|e| e["workflowEvents"].clone()).collect(),
+            Err(_) => {
+                let state = self
+                    .gql(
+                        "query($id: ID!) { workflow(id: $id) { status tasks { key status attempts error } \
+                         events { sequence type taskKey } } }",
+                        json!({ "id": id }),
+                    )
+                    .await;
+                panic!("workflow {id} did not finish within {timeout:?}; it is now: {state}")
+            }
+        }
     }
 
     /// Starts a separate worker process on this server's database.

@@ -66,9 +66,14 @@ impl EventSubscription {
                 loop {
                     let Ok(page) = engine.events(id, last, REPLAY_PAGE).await else { break 'outer };
                     let n = page.len() as u64;
+                    let mut completed = false;
                     for e in &page {
                         last = e.sequence;
+                        completed |= e.event_type == taskorch_domain::EventType::WorkflowCompleted;
                         yield Ok(WorkflowEvent::from(e));
+                    }
+                    if completed {
+                        break 'outer; // final for good, and the last event of its commit
                     }
                     if n < REPLAY_PAGE {
                         break;
