@@ -22,6 +22,24 @@ fn code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
+/// Submits workflows as `credential` until the firehose `sub` shows an event (a firehose has no replay, so events
+/// published before the server started the stream are not in it); returns the ids submitted and the event.
+async fn until_firehose_event(
+    server: &Server,
+    sub: &mut common::Subscription,
+    credential: &str,
+) -> (Vec<String>, Value) {
+    let mut submitted = Vec::new();
+    for _ in 0..10 {
+        let body = server.gql_as(Some(credential), CHAIN, json!({ "i": workflow_input("probe") })).await;
+        submitted.push(body["data"]["submitWorkflow"]["id"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned());
+        if let Ok(event) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            return (submitted, event.expect("an event"));
+        }
+    }
+    panic!("the firehose showed no event for 10 submissions");
+}
+
 /// The error code of a subscription's first message (`error`, or `next` with errors).
 fn sub_error(msg: Value) -> String {
     let errors = if msg["type"] == "error" { &msg["payload"] } else { &msg["payload"]["errors"] };
@@ -182,6 +200,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
     let a = api_key(&server, &server.token, "OPERATOR", None).await;
     let b = api_key(&server, &server.token, "OPERATOR", Some(&tenant_b)).await;
     let mut firehose_a = server.subscribe_as(Some(&a), "subscription { events { workflowId } }", json!({})).await;
+    let (mut of_a_all, _) = until_firehose_event(&server, &mut firehose_a, &a).await;
 
     let of_b =
         server.gql_as(Some(&b), CHAIN, json!({ "i": workflow_input("b's") })).await["data"]["submitWorkflow"]["id"]
@@ -215,7 +234,8 @@ async fn tenants_cannot_see_or_touch_each_other() {
         unknown["errors"][0]["message"].as_str().unwrap().replace(&missing, "ID")
     );
     let bulk = server.gql_as(Some(&a), "mutation { cancelWorkflows }", json!({})).await;
-    assert_eq!(bulk["data"]["cancelWorkflows"], 1, "bulk actions touch only the caller's tenant: {bulk}");
+    let mine = of_a_all.len() + 1; // the probes and `of_a`
+    assert_eq!(bulk["data"]["cancelWorkflows"], mine, "bulk actions touch only the caller's tenant: {bulk}");
     assert_eq!(server.gql_as(Some(&b), READ, json!({ "id": of_b })).await["data"]["workflow"]["status"], "RUNNING");
     // Subscribing: NOT_FOUND too.
     for id in [&of_b, &missing] {
@@ -228,13 +248,16 @@ async fn tenants_cannot_see_or_touch_each_other() {
             .await;
         assert_eq!(sub_error(sub.raw().await), "NOT_FOUND");
     }
-    // The firehose of A carried A's events only.
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
+    // The firehose of A (live before B submitted) carried A's events only, up to the first of `of_a`.
+    of_a_all.push(of_a.clone());
+    loop {
         let e = tokio::time::timeout(Duration::from_secs(10), firehose_a.next()).await.expect("A's events").unwrap();
-        seen.push(e["events"]["workflowId"].as_str().unwrap().to_owned());
+        let wf = e["events"]["workflowId"].as_str().unwrap().to_owned();
+        assert!(of_a_all.contains(&wf), "tenant A's firehose showed {wf}, not one of A's workflows (B's is {of_b})");
+        if wf == of_a {
+            break;
+        }
     }
-    assert!(seen.iter().all(|w| *w == of_a), "{seen:?}");
     // A tenant's admin cannot reach into another tenant either.
     let b_admin = api_key(&server, &server.token, "ADMIN", Some(&tenant_b)).await;
     let body =
@@ -503,8 +526,7 @@ async fn a_revoked_key_ends_its_open_subscriptions() {
     let secret = created["data"]["createApiKey"]["secret"].as_str().unwrap().to_owned();
     let id = created["data"]["createApiKey"]["apiKey"]["id"].clone();
     let mut sub = server.subscribe_as(Some(&secret), "subscription { events { sequence } }", json!({})).await;
-    server.submit(workflow_input("seen")).await;
-    let first = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("an event").unwrap();
+    let (_, first) = until_firehose_event(&server, &mut sub, &server.token).await;
     assert!(first["events"]["sequence"].is_number(), "{first}");
     server.data("mutation($id: ID!) { revokeApiKey(id: $id) { revoked } }", json!({ "id": id })).await;
     // The stream ends with UNAUTHENTICATED within the recheck period (5 s), whatever else it was sending.

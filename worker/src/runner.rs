@@ -133,6 +133,10 @@ pub async fn run_worker(
             }
         }
         // Stale or duplicate messages (and messages of a failed claim, which the dispatcher sends again later).
+        if !acks.is_empty() {
+            let ids: Vec<String> = acks.keys().map(|id| id.to_string()).collect();
+            tracing::info!(count = acks.len(), tasks = %ids.join(","), "acknowledging deliveries that claimed nothing");
+        }
         for (_, ack) in acks {
             tokio::spawn(async move { ack.ack().await });
         }
