@@ -166,6 +166,14 @@ impl Engine {
         self.inner.store.task_by_key(id, key).await
     }
 
+    /// The newest event sequence of each workflow (subscription hubs poll it for events of other processes).
+    pub async fn last_sequences(
+        &self,
+        ids: &[WorkflowId],
+    ) -> Result<std::collections::HashMap<WorkflowId, i64>, Error> {
+        self.inner.store.last_sequences(ids).await
+    }
+
     pub async fn events(&self, id: WorkflowId, after_sequence: i64, limit: u64) -> Result<Vec<EventRecord>, Error> {
         self.inner.store.events(id, after_sequence, limit).await
     }
@@ -176,6 +184,11 @@ impl Engine {
         if self.workflow_of(tenant, id).await?.is_none() {
             return Err(Error::NotFound { what: "workflow", id: id.to_string() });
         }
+        self.apply(id, action).await
+    }
+
+    /// Applies an action to a workflow whose tenant was already checked.
+    async fn apply(&self, id: WorkflowId, action: Action) -> Result<WorkflowRecord, Error> {
         let (record, events) = self.inner.store.apply_action(id, action).await?;
         self.publish(events).await;
         if matches!(action, Action::Resume | Action::Retry) {
@@ -188,9 +201,10 @@ impl Engine {
     /// changed.
     pub async fn act_many(&self, tenant: TenantId, filter: &WorkflowFilter, action: Action) -> Result<usize, Error> {
         let mut changed = 0;
+        // The list is the tenant's own: no per-workflow tenant check.
         let filter = WorkflowFilter { tenant: Some(tenant), ..filter.clone() };
         for id in self.inner.store.workflow_ids(&filter).await? {
-            match self.act(tenant, id, action).await {
+            match self.apply(id, action).await {
                 Ok(_) => changed += 1,
                 Err(Error::InvalidState { .. } | Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),

@@ -27,6 +27,13 @@ pub fn api_error(code: &'static str, message: impl Into<String>) -> async_graphq
     async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
 }
 
+/// The same error for a refusal before execution (parsing, limits): no location, no path.
+pub fn request_error(err: async_graphql::Error) -> async_graphql::ServerError {
+    let mut e = async_graphql::ServerError::new(err.message, None);
+    e.extensions = err.extensions;
+    e
+}
+
 /// Bad input from the client.
 pub fn invalid(message: impl Into<String>) -> async_graphql::Error {
     api_error(code::VALIDATION_FAILED, message)

@@ -302,14 +302,6 @@ impl Auth {
         })
     }
 
-    pub async fn user(&self, id: UserId) -> Result<Option<UserRecord>, Error> {
-        self.inner.store.user(id).await
-    }
-
-    pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, Error> {
-        self.inner.store.tenant(id).await
-    }
-
     /// Creates a tenant (admins of the system tenant only).
     pub async fn create_tenant(&self, actor: &Principal, name: &str) -> Result<TenantRecord, Error> {
         actor.require(Permission::Administer)?;

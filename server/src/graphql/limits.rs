@@ -9,7 +9,9 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet};
 use async_graphql::{Name, Positioned, ServerError, ServerResult, Variables};
 
-use crate::error::code;
+use async_graphql::ErrorExtensions;
+
+use crate::error::{api_error, code, request_error};
 use crate::security::DocumentLimits;
 
 /// What a document asks for.
@@ -122,28 +124,19 @@ fn introspects(doc: &ExecutableDocument) -> bool {
     })
 }
 
-fn refusal(code: &str, message: String) -> ServerError {
-    let mut err = ServerError::new(message, None);
-    let mut ext = async_graphql::ErrorExtensionValues::default();
-    ext.set("code", code);
-    err.extensions = Some(ext);
-    err
+fn refusal(code: &'static str, message: String) -> ServerError {
+    request_error(api_error(code, message))
 }
 
 /// The refusal for a shape over the limits, if any.
 pub fn check(shape: &Shape, limits: DocumentLimits) -> Result<(), ServerError> {
     let refuse = |what: &str, limit: &str, setting: &str, max: usize, actual: usize| {
-        let mut err = ServerError::new(
-            format!("{what} exceeds the {limit} limit of {max} (set by {setting}); refused before execution"),
-            None,
-        );
-        let mut ext = async_graphql::ErrorExtensionValues::default();
-        ext.set("code", code::LIMIT_EXCEEDED);
-        ext.set("limit", limit);
-        ext.set("max", max as u64);
-        ext.set("actual", actual as u64);
-        err.extensions = Some(ext);
-        Err(err)
+        let message = format!("{what} exceeds the {limit} limit of {max} (set by {setting}); refused before execution");
+        Err(request_error(api_error(code::LIMIT_EXCEEDED, message).extend_with(|_, e| {
+            e.set("limit", limit);
+            e.set("max", max as u64);
+            e.set("actual", actual as u64);
+        })))
     };
     if shape.depth > limits.max_depth {
         return refuse("the query depth", "max depth", "TASKORCH_MAX_DEPTH", limits.max_depth, shape.depth);

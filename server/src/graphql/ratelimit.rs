@@ -11,7 +11,9 @@ use taskorch_domain::ratelimit::{Decision, OperationClass, Quota, Quotas};
 use taskorch_engine::ratelimit::RateLimiter;
 
 use crate::auth::Caller;
-use crate::error::code;
+use async_graphql::ErrorExtensions;
+
+use crate::error::{api_error, code, request_error};
 
 /// Root fields that list (the seed's "listing" class).
 const LIST_FIELDS: [&str; 4] = ["workflows", "users", "apiKeys", "tenants"];
@@ -68,17 +70,12 @@ pub fn classify(doc: &ExecutableDocument) -> Vec<OperationClass> {
 /// The error of a refused call.
 pub fn limited(class: OperationClass, retry_after_ms: u64) -> ServerError {
     let secs = retry_after_ms.div_ceil(1000).max(1);
-    let mut err = ServerError::new(
-        format!("rate limit exceeded for {class} operations; retry after {secs} s (TASKORCH_RATE_LIMITS)"),
-        None,
-    );
-    let mut ext = async_graphql::ErrorExtensionValues::default();
-    ext.set("code", code::RATE_LIMITED);
-    ext.set("class", class.as_str());
-    ext.set("retryAfter", secs);
-    ext.set("retryAfterMs", retry_after_ms);
-    err.extensions = Some(ext);
-    err
+    let message = format!("rate limit exceeded for {class} operations; retry after {secs} s (TASKORCH_RATE_LIMITS)");
+    request_error(api_error(code::RATE_LIMITED, message).extend_with(|_, e| {
+        e.set("class", class.as_str());
+        e.set("retryAfter", secs);
+        e.set("retryAfterMs", retry_after_ms);
+    }))
 }
 
 /// Authenticated calls are also charged to their client address, at this many times the per-credential quota

@@ -95,6 +95,8 @@ pub struct Server {
     pub backend_env: Vec<(String, String)>,
     _pg: Option<PgDatabase>,
     http: reqwest::Client,
+    /// A client without default credentials, for requests with a credential of their own (or none).
+    plain: reqwest::Client,
     /// Access token of the bootstrap admin (every helper request carries it).
     pub token: String,
 }
@@ -213,12 +215,12 @@ impl Server {
             format!("Bearer {token}").parse().expect("token is a header value"),
         );
         let http = reqwest::Client::builder().default_headers(headers).build().expect("http client");
-        Self { child, base, dir, database_url, backend_env, _pg: pg, http, token }
+        Self { child, base, dir, database_url, backend_env, _pg: pg, http, plain: reqwest::Client::new(), token }
     }
 
     /// Sends a GraphQL request with the given bearer credential (none when `None`); returns the whole body.
     pub async fn gql_as(&self, credential: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut req = reqwest::Client::new().post(self.graphql_url());
+        let mut req = self.plain.post(self.graphql_url());
         if let Some(c) = credential {
             req = req.bearer_auth(c);
         }
@@ -235,17 +237,9 @@ impl Server {
         format!("{}/graphql", self.base)
     }
 
-    /// Sends a GraphQL request; returns the whole response body.
+    /// Sends a GraphQL request as the admin; returns the whole response body.
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        self.http
-            .post(self.graphql_url())
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("JSON response")
+        self.gql_as(Some(&self.token), query, variables).await
     }
 
     /// Sends a GraphQL request that must succeed; returns `data`.

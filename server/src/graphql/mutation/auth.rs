@@ -1,18 +1,14 @@
 use async_graphql::{Context, ID, Object, Result};
 use chrono::{DateTime, Utc};
-use taskorch_domain::{ApiKeyId, Permission, TenantId};
+use taskorch_domain::{ApiKeyId, Permission};
 use taskorch_engine::auth::Auth;
 
 use crate::auth::{Need, principal};
 use crate::error::from_engine;
-use crate::graphql::types::{ApiKey, AuthPayload, CreatedApiKey, Role, Tenant, User, parse_id};
+use crate::graphql::types::{ApiKey, AuthPayload, CreatedApiKey, Role, Tenant, User, parse_id, parse_tenant_arg};
 
 #[derive(Default)]
 pub struct AuthMutation;
-
-fn tenant_arg(id: Option<ID>) -> Result<Option<TenantId>> {
-    id.map(|t| parse_id(&t, "tenant")).transpose()
-}
 
 #[Object]
 impl AuthMutation {
@@ -40,7 +36,7 @@ impl AuthMutation {
     ) -> Result<User> {
         let auth = ctx.data::<Auth>()?;
         let user = auth
-            .create_user(principal(ctx)?, &email, &password, role.into(), tenant_arg(tenant_id)?)
+            .create_user(principal(ctx)?, &email, &password, role.into(), parse_tenant_arg(tenant_id)?)
             .await
             .map_err(from_engine)?;
         Ok(User(user))
@@ -58,7 +54,7 @@ impl AuthMutation {
     ) -> Result<CreatedApiKey> {
         let auth = ctx.data::<Auth>()?;
         let created = auth
-            .create_api_key(principal(ctx)?, &name, role.into(), expires_at, tenant_arg(tenant_id)?)
+            .create_api_key(principal(ctx)?, &name, role.into(), expires_at, parse_tenant_arg(tenant_id)?)
             .await
             .map_err(from_engine)?;
         Ok(CreatedApiKey(created))

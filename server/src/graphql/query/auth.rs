@@ -1,17 +1,13 @@
 use async_graphql::{Context, ID, Object, Result};
-use taskorch_domain::{Permission, TenantId};
+use taskorch_domain::Permission;
 use taskorch_engine::auth::Auth;
 
 use crate::auth::{Need, principal};
 use crate::error::from_engine;
-use crate::graphql::types::{ApiKey, Identity, Tenant, User, parse_id};
+use crate::graphql::types::{ApiKey, Identity, Tenant, User, parse_tenant_arg};
 
 #[derive(Default)]
 pub struct AuthQuery;
-
-fn tenant_arg(id: Option<ID>) -> Result<Option<TenantId>> {
-    id.map(|t| parse_id(&t, "tenant")).transpose()
-}
 
 #[Object]
 impl AuthQuery {
@@ -24,7 +20,8 @@ impl AuthQuery {
     /// Users of the caller's tenant (or of `tenantId`, for admins of the system tenant). Admins only.
     #[graphql(guard = "Need(Permission::Administer)")]
     async fn users(&self, ctx: &Context<'_>, tenant_id: Option<ID>) -> Result<Vec<User>> {
-        let users = ctx.data::<Auth>()?.users(principal(ctx)?, tenant_arg(tenant_id)?).await.map_err(from_engine)?;
+        let users =
+            ctx.data::<Auth>()?.users(principal(ctx)?, parse_tenant_arg(tenant_id)?).await.map_err(from_engine)?;
         Ok(users.into_iter().map(User).collect())
     }
 
@@ -32,7 +29,8 @@ impl AuthQuery {
     /// Admins only.
     #[graphql(guard = "Need(Permission::Administer)")]
     async fn api_keys(&self, ctx: &Context<'_>, tenant_id: Option<ID>) -> Result<Vec<ApiKey>> {
-        let keys = ctx.data::<Auth>()?.api_keys(principal(ctx)?, tenant_arg(tenant_id)?).await.map_err(from_engine)?;
+        let keys =
+            ctx.data::<Auth>()?.api_keys(principal(ctx)?, parse_tenant_arg(tenant_id)?).await.map_err(from_engine)?;
         Ok(keys.into_iter().map(ApiKey).collect())
     }
 

@@ -95,7 +95,7 @@ impl EventHub {
         };
         for chunk in watched.chunks(POLL_CHUNK) {
             let ids: Vec<WorkflowId> = chunk.iter().map(|(id, _)| *id).collect();
-            let Ok(current) = engine.store().last_sequences(&ids).await else { return };
+            let Ok(current) = engine.last_sequences(&ids).await else { return };
             for (id, known) in chunk {
                 let Some(newest) = current.get(id) else { continue };
                 if newest <= known {

@@ -19,6 +19,11 @@ pub fn parse_workflow_id(id: &async_graphql::ID) -> async_graphql::Result<taskor
     id.parse().map_err(|_| crate::error::invalid(format!("`{}` is not a workflow id", id.as_str())))
 }
 
+/// Parses an optional `tenantId` argument.
+pub fn parse_tenant_arg(id: Option<async_graphql::ID>) -> async_graphql::Result<Option<taskorch_domain::TenantId>> {
+    id.map(|t| parse_id(&t, "tenant")).transpose()
+}
+
 /// Parses an id argument of a typed id.
 pub fn parse_id<T: std::str::FromStr>(id: &async_graphql::ID, what: &str) -> async_graphql::Result<T> {
     id.parse().map_err(|_| crate::error::invalid(format!("`{}` is not a {what} id", id.as_str())))
