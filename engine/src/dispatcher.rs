@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::TaskQueue;
+use crate::queue::{Dispatch, TaskQueue};
 use crate::service::Engine;
 
 /// Options of the dispatcher loop.
@@ -19,7 +20,11 @@ pub struct DispatcherOptions {
     pub max_backlog: usize,
 }
 
-/// Moves due tasks to the queue until `shutdown`.
+/// Batches being published (awaiting the broker's confirms) while the next one is fetched.
+const PUBLISHES_IN_FLIGHT: u32 = 4;
+
+/// Moves due tasks to the queue until `shutdown`. Publishing is pipelined: up to [`PUBLISHES_IN_FLIGHT`] batches
+/// wait for their confirms while the next batch is fetched.
 pub async fn run_dispatcher(
     engine: Engine,
     queue: Arc<dyn TaskQueue>,
@@ -28,6 +33,7 @@ pub async fn run_dispatcher(
 ) {
     let batch = engine.options().dispatch_batch;
     let max_backlog = if opts.max_backlog == 0 { batch * 2 } else { opts.max_backlog };
+    let in_flight = Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT as usize));
     while !shutdown.is_cancelled() {
         if queue.backlog() >= max_backlog {
             tokio::select! {
@@ -35,31 +41,43 @@ pub async fn run_dispatcher(
                 _ = tokio::time::sleep(Duration::from_millis(2)) => continue,
             }
         }
+        // A slot first, so that a broker that stopped confirming stops the fetching too.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = in_flight.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
+        };
         match engine.fetch_due(batch, opts.kinds.as_deref()).await {
-            Ok(due) => {
+            Ok(due) if !due.is_empty() => {
                 let full = due.len() == batch;
-                let ids: Vec<_> = due.iter().map(|d| d.task_id).collect();
-                if let Err(err) = queue.publish(due).await {
-                    tracing::warn!(error = %err, "queue publish failed; the tasks wait in the database");
-                    if let Err(err) = engine.undispatch(&ids).await {
-                        tracing::warn!(error = %err, "could not release the dispatches; they go out after the redelivery delay");
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    continue;
-                }
+                tokio::spawn(publish(engine.clone(), queue.clone(), due, slot));
                 if full {
                     continue;
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "dispatch failed; retrying"),
+            Ok(_) => drop(slot),
+            Err(err) => {
+                drop(slot);
+                tracing::warn!(error = %err, "dispatch failed; retrying");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = engine.wait_for_work(Duration::from_millis(100)) => {}
         }
+    }
+    // Let the publishes in flight finish (or fail and release their tasks) before returning.
+    let _ = in_flight.acquire_many(PUBLISHES_IN_FLIGHT).await;
+}
+
+/// Publishes one batch; on failure the tasks are made due again, and the slot is held a while (backoff).
+async fn publish(engine: Engine, queue: Arc<dyn TaskQueue>, due: Vec<Dispatch>, _slot: OwnedSemaphorePermit) {
+    let ids: Vec<_> = due.iter().map(|d| d.task_id).collect();
+    if let Err(err) = queue.publish(due).await {
+        tracing::warn!(error = %err, "queue publish failed; the tasks wait in the database");
+        if let Err(err) = engine.undispatch(&ids).await {
+            tracing::warn!(error = %err, "could not release the dispatches; they go out after the redelivery delay");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod model;
 pub mod queue;
 pub mod ratelimit;
+mod redis_client;
 pub mod service;
 pub mod store;
 pub mod time;

@@ -349,9 +349,8 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, 
         batch.clear();
         spans.clear();
         // Acknowledge only now that the outcomes are committed: a crash before this redelivers the messages.
-        for ack in acks.drain(..) {
-            ack.ack().await;
-        }
+        futures::future::join_all(acks.iter().map(|ack| ack.ack())).await;
+        acks.clear();
     }
 }
 

@@ -23,7 +23,7 @@ pub struct RedisEventBus {
 impl RedisEventBus {
     /// Connects (failing fast when Redis is unreachable) and starts the publisher and relay tasks.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = crate::redis_client::client(url)?;
         let manager = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connecting to Redis timed out")))??;

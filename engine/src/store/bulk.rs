@@ -72,6 +72,21 @@ pub(crate) async fn insert_json<C: ConnectionTrait>(
     Ok(())
 }
 
+/// A PostgreSQL array literal of ids, bound as text and cast with `$n::uuid[]`. Set-based updates also filter on
+/// `id = ANY(…)` so the planner sees how few rows they touch and walks the primary key, whatever its statistics
+/// say about the JSON rows they join.
+pub(crate) fn uuid_array(ids: impl IntoIterator<Item = uuid::Uuid>) -> String {
+    let mut out = String::from("{");
+    for (i, id) in ids.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

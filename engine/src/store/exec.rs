@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, TransactionTrait, Value};
 use serde_json::Value as Json;
 use taskorch_domain::{EventType, NewEvent, TaskId, WorkflowId};
 use uuid::Uuid;
@@ -64,6 +64,10 @@ pub struct Report {
 }
 
 const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
+/// What a run-phase claim returns, by index: key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on,
+/// available_at.
+const RUN_CLAIM_COLUMNS: &str = "task.key, task.kind, task.payload, task.attempts, task.idempotency_key, task.timeout_ms, task.depends_on, \
+     task.available_at";
 
 impl Store {
     /// Marks up to `limit` due tasks as dispatched for `visibility_us` and returns them, highest priority first.
@@ -75,7 +79,7 @@ impl Store {
         visibility_us: i64,
     ) -> Result<Vec<Dispatch>, Error> {
         let now = now_us();
-        let mut values: Vec<Value> = vec![(now + visibility_us).into(), now.into(), now.into()];
+        let mut values: Vec<Value> = vec![(now + visibility_us).into(), now.into()];
         let mut kind_filter = String::new();
         if let Some(kinds) = kinds {
             let ph = placeholders(kinds.len());
@@ -88,12 +92,21 @@ impl Store {
             }
         }
         values.push((limit as i64).into());
+        // Dispatches whose visibility ran out (never claimed: lost message, dead consumer) are due again.
+        self.db
+            .write
+            .execute_raw(self.db.stmt(
+                "UPDATE task SET dispatched_until = 0 WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING') \
+                 AND dispatched_until > 0 AND dispatched_until <= ? AND lease_until IS NULL",
+                vec![now.into()],
+            ))
+            .await?;
         let lock = if self.db.backend == DbBackend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE task SET dispatched_until = ? WHERE id IN (\
                SELECT t.id FROM task t JOIN workflow w ON w.id = t.workflow_id \
                WHERE t.status IN ('QUEUED', 'RETRYING', 'COMPENSATING') AND t.lease_until IS NULL \
-                 AND t.available_at <= ? AND t.dispatched_until <= ? \
+                 AND t.dispatched_until = 0 AND t.available_at <= ? \
                  AND ((t.status <> 'COMPENSATING' AND w.status = 'RUNNING') \
                    OR (t.status = 'COMPENSATING' AND w.status = 'COMPENSATING')){kind_filter} \
                ORDER BY t.priority DESC, t.available_at LIMIT ?{lock}) \
@@ -167,7 +180,10 @@ impl Store {
         let txn = self.db.write.begin().await?;
         let mut claimed = Vec::with_capacity(batch.len());
         let mut started: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
-        for d in batch {
+        // On PostgreSQL the run-phase claims of the batch are one statement; elsewhere one fenced update each.
+        let set_based = self.db.backend == DbBackend::Postgres;
+        let mut rows = if set_based { self.claim_runs(&txn, batch, now, lease_us).await? } else { Vec::new() };
+        for d in batch.iter().filter(|d| !(set_based && d.phase == Phase::Run)) {
             let row = match d.phase {
                 Phase::Run => {
                     txn.query_one_raw(self.db.stmt(
@@ -176,8 +192,7 @@ impl Store {
                                started_at = ?, error = NULL \
                              WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} AND EXISTS (\
                                SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
-                             RETURNING key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on, \
-                               available_at"
+                             RETURNING {RUN_CLAIM_COLUMNS}"
                         ),
                         vec![(now + lease_us).into(), now.into(), d.task_id.0.into(), d.fence.into()],
                     ))
@@ -194,7 +209,11 @@ impl Store {
                     .await?
                 }
             };
-            let Some(row) = row else { continue };
+            if let Some(row) = row {
+                rows.push((d, row));
+            }
+        }
+        for (d, row) in rows {
             let key: String = row.try_get_by_index(0)?;
             let attempt: i32 = row.try_get_by_index(3)?;
             let (kind, payload, inputs) = match d.phase {
@@ -251,6 +270,47 @@ impl Store {
             c.inputs = self.results_of(c.workflow_id, &deps).await?;
         }
         Ok((claimed, events))
+    }
+
+    /// The run-phase claims of a batch as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL), in the
+    /// batch's order (highest priority first). A dispatch whose row moved on claims nothing.
+    async fn claim_runs<'a>(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &'a [Dispatch],
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Vec<(&'a Dispatch, QueryResult)>, Error> {
+        let runs: Vec<(usize, &Dispatch)> = batch.iter().enumerate().filter(|(_, d)| d.phase == Phase::Run).collect();
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = Json::Array(
+            runs.iter().map(|(i, d)| serde_json::json!({ "id": d.task_id.0, "fence": d.fence, "idx": i })).collect(),
+        )
+        .to_string();
+        let sql = format!(
+            "UPDATE task SET status = 'RUNNING', attempts = task.attempts + 1, lease_until = $1, started_at = $2, \
+               error = NULL \
+             FROM (SELECT DISTINCT ON (id) id, fence, idx FROM json_to_recordset($3::json) AS r(id uuid, fence int, \
+               idx int) ORDER BY id, idx) AS v \
+             WHERE task.id = ANY($4::uuid[]) AND task.id = v.id AND task.attempts = v.fence \
+               AND task.status IN {RUN_STATUSES} AND EXISTS (\
+               SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
+             RETURNING {RUN_CLAIM_COLUMNS}, v.idx"
+        );
+        let ids = super::bulk::uuid_array(runs.iter().map(|(_, d)| d.task_id.0));
+        let values: [Value; 4] = [(now + lease_us).into(), now.into(), body.into(), ids.into()];
+        let rows = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let idx: i32 = row.try_get_by_index(8)?;
+            let d =
+                usize::try_from(idx).ok().and_then(|i| batch.get(i)).ok_or_else(|| Error::corrupt("claim index"))?;
+            out.push((idx, d, row));
+        }
+        out.sort_by_key(|(idx, _, _)| *idx);
+        Ok(out.into_iter().map(|(_, d, row)| (d, row)).collect())
     }
 
     /// Results of the named tasks of a workflow, as a JSON object by key.

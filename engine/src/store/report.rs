@@ -2,7 +2,7 @@
 //! (retry, or fail the workflow / start the saga), release, and the saga's progress. Each batch is one
 //! transaction.
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, TransactionTrait, Value};
 use serde_json::{Value as Json, json};
 use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
@@ -29,6 +29,17 @@ impl Store {
         let now = now_us();
         let txn = self.db.write.begin().await?;
         let mut report = Report::default();
+        // On PostgreSQL the batch's completions are one statement; elsewhere (and for every other outcome) one
+        // fenced update each.
+        let outcomes = if self.db.backend == DbBackend::Postgres {
+            let (completions, rest): (Vec<Outcome>, Vec<Outcome>) = outcomes
+                .into_iter()
+                .partition(|o| o.phase == Phase::Run && matches!(o.kind, OutcomeKind::Completed(_)));
+            self.complete_many(&txn, completions, now, &mut report).await?;
+            rest
+        } else {
+            outcomes
+        };
         for o in outcomes {
             let done = match (o.phase, o.kind) {
                 (Phase::Run, OutcomeKind::Completed(result)) => {
@@ -86,6 +97,71 @@ impl Store {
         else {
             return Ok(false);
         };
+        self.completed(txn, &row, attempt, now, report).await?;
+        Ok(true)
+    }
+
+    /// Completions as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL); stale ones are counted.
+    async fn complete_many(
+        &self,
+        txn: &DatabaseTransaction,
+        outcomes: Vec<Outcome>,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
+        let ids = super::bulk::uuid_array(outcomes.iter().map(|o| o.task_id.0));
+        let rows: Vec<Json> = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let mut row = serde_json::Map::with_capacity(4);
+                row.insert("id".into(), o.task_id.0.to_string().into());
+                row.insert("attempt".into(), o.attempt.into());
+                row.insert("idx".into(), i.into());
+                // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
+                if let OutcomeKind::Completed(result) = o.kind
+                    && !result.is_null()
+                {
+                    row.insert("result".into(), result);
+                }
+                Json::Object(row)
+            })
+            .collect();
+        let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
+                     finished_at = $1 \
+                   FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset($2::json) \
+                     AS r(id uuid, attempt int, result json, idx int) ORDER BY id, idx) AS v \
+                   WHERE task.id = ANY($3::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
+                     AND task.status = 'RUNNING' \
+                   RETURNING task.workflow_id, task.key, task.dependents, v.idx";
+        let values: [Value; 3] = [now.into(), Json::Array(rows).to_string().into(), ids.into()];
+        let mut done = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        report.stale += attempts.len() - done.len();
+        // In the order the outcomes were reported (RETURNING has no order of its own).
+        done.sort_by_cached_key(|row| row.try_get_by_index::<i32>(3).unwrap_or(i32::MAX));
+        for row in done {
+            let idx: i32 = row.try_get_by_index(3)?;
+            let attempt = usize::try_from(idx).ok().and_then(|i| attempts.get(i)).copied();
+            let attempt = attempt.ok_or_else(|| Error::corrupt("completion index"))?;
+            self.completed(txn, &row, attempt, now, report).await?;
+        }
+        Ok(())
+    }
+
+    /// After a completion: its event, the dependents it made ready, and the workflow's count. `row` starts with
+    /// `workflow_id, key, dependents`.
+    async fn completed(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &QueryResult,
+        attempt: i32,
+        now: i64,
+        report: &mut Report,
+    ) -> Result<(), Error> {
         let wf: Uuid = row.try_get_by_index(0)?;
         let key: String = row.try_get_by_index(1)?;
         let dependents: Vec<String> =
@@ -124,7 +200,7 @@ impl Store {
         // The workflow's counters, its completion and the events are written once per batch (see `flush`).
         report.pending.complete(wf);
         report.pending.extend(wf, events);
-        Ok(true)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
