@@ -1,5 +1,7 @@
 //! RabbitMQ queue (lapin): durable queues, persistent msgpack messages, publisher confirms, manual acks after the
 //! outcome is committed, prefetch = worker concurrency, priorities, routing by task kind, reconnects with backoff.
+//! A message carries up to 32 dispatches of one kind and priority (see [`pack`]); it is acknowledged once all of
+//! them are.
 //!
 //! Topology (names prefixed by the namespace `ns`):
 //! - exchange `ns.tasks` (direct, durable), routing key = task kind, with alternate exchange `ns.unrouted`;
@@ -8,6 +10,7 @@
 //!   kind (they fail unknown kinds with a clear error). A `--kinds http` worker never sees other kinds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -194,10 +197,13 @@ impl Inner {
         let mut merged = futures::stream::select_all(streams);
         while let Some(delivery) = merged.next().await {
             let delivery = delivery.map_err(err)?;
-            match rmp_serde::from_slice::<Dispatch>(&delivery.data) {
-                Ok(dispatch) => {
-                    if tx.send(Delivery::with_ack(dispatch, Box::new(RabbitAck(delivery)))).await.is_err() {
-                        return Ok(());
+            match unpack(&delivery.data) {
+                Ok(dispatches) => {
+                    let ack = Arc::new(RabbitAck { parts: AtomicUsize::new(dispatches.len()), delivery });
+                    for dispatch in dispatches {
+                        if tx.send(Delivery::with_ack(dispatch, Box::new(PartAck(ack.clone())))).await.is_err() {
+                            return Ok(());
+                        }
                     }
                 }
                 Err(e) => {
@@ -224,13 +230,53 @@ fn err(e: lapin::Error) -> QueueError {
     QueueError(e.to_string())
 }
 
-struct RabbitAck(lapin::message::Delivery);
+/// Most tasks one message carries. The broker's work is per message, so a batch of due tasks of one kind and
+/// priority travels as a few messages, not one per task; small batches still go one task per message, so that
+/// chains stay as fast and few tasks spread over every worker.
+const MESSAGE_TASKS_MAX: usize = 32;
+
+/// Splits a dispatch batch into messages: runs of the same kind and priority, each cut into at least 8 messages
+/// (up to [`MESSAGE_TASKS_MAX`] tasks each), in the batch's order.
+fn pack(batch: Vec<Dispatch>) -> Vec<Vec<Dispatch>> {
+    let mut runs: Vec<Vec<Dispatch>> = Vec::new();
+    for d in batch {
+        match runs.last_mut() {
+            Some(run) if run[0].kind == d.kind && run[0].priority == d.priority => run.push(d),
+            _ => runs.push(vec![d]),
+        }
+    }
+    let mut messages = Vec::new();
+    for run in runs {
+        let size = run.len().div_ceil(8).clamp(1, MESSAGE_TASKS_MAX);
+        let mut run = run.into_iter().peekable();
+        while run.peek().is_some() {
+            messages.push(run.by_ref().take(size).collect());
+        }
+    }
+    messages
+}
+
+/// The dispatches of a message: a list, or one dispatch (as published before messages carried several).
+fn unpack(body: &[u8]) -> Result<Vec<Dispatch>, rmp_serde::decode::Error> {
+    rmp_serde::from_slice::<Vec<Dispatch>>(body).or_else(|_| rmp_serde::from_slice::<Dispatch>(body).map(|d| vec![d]))
+}
+
+/// A delivered message, acknowledged once every task it carries is.
+struct RabbitAck {
+    parts: AtomicUsize,
+    delivery: lapin::message::Delivery,
+}
+
+/// One task's share of a message's acknowledgement.
+struct PartAck(Arc<RabbitAck>);
 
 #[async_trait]
-impl AckHandle for RabbitAck {
+impl AckHandle for PartAck {
     async fn ack(&self) {
-        // A failed ack (connection lost) means RabbitMQ redelivers; the claim fence drops the duplicate.
-        let _ = self.0.acker.ack(BasicAckOptions::default()).await;
+        if self.0.parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A failed ack (connection lost) means RabbitMQ redelivers; the claim fence drops the duplicates.
+            let _ = self.0.delivery.acker.ack(BasicAckOptions::default()).await;
+        }
     }
 }
 
@@ -241,13 +287,15 @@ impl Inner {
         }
         let channel = self.publisher_channel().await?;
         let exchange = self.exchange();
-        let mut confirms = Vec::with_capacity(batch.len());
-        for d in &batch {
-            let body = rmp_serde::to_vec(d).map_err(|e| QueueError(e.to_string()))?;
+        let messages = pack(batch);
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let d = &message[0];
+            let body = rmp_serde::to_vec(message).map_err(|e| QueueError(e.to_string()))?;
             let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_priority(d.priority.clamp(0, i16::from(PRIORITY_MAX)) as u8);
-            if let Some(tp) = &d.trace {
+            if let (Some(tp), 1) = (&d.trace, message.len()) {
                 // W3C trace context in the message headers, for any consumer or broker tooling that reads them.
                 let mut headers = FieldTable::default();
                 headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
@@ -315,5 +363,63 @@ impl TaskQueue for RabbitMqQueue {
 
     async fn healthy(&self) -> bool {
         self.inner.publisher_channel().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskorch_domain::{TaskId, WorkflowId};
+
+    use super::*;
+
+    fn d(kind: &str, priority: i16, seq: u64) -> Dispatch {
+        Dispatch {
+            task_id: TaskId::new(),
+            workflow_id: WorkflowId::new(),
+            phase: super::super::Phase::Run,
+            kind: kind.into(),
+            priority,
+            fence: 0,
+            seq,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn few_tasks_travel_one_per_message() {
+        let messages = pack((0..5).map(|i| d("noop", 0, i)).collect());
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1; 5]);
+    }
+
+    #[test]
+    fn a_large_batch_is_packed_in_order_up_to_the_message_limit() {
+        let messages = pack((0..512).map(|i| d("noop", 0, i)).collect());
+        assert_eq!(messages.len(), 16);
+        assert!(messages.iter().all(|m| m.len() == MESSAGE_TASKS_MAX));
+        let seqs: Vec<u64> = messages.iter().flatten().map(|d| d.seq).collect();
+        assert_eq!(seqs, (0..512).collect::<Vec<_>>());
+        let messages = pack((0..100).map(|i| d("noop", 0, i)).collect());
+        assert_eq!(messages.len(), 8);
+    }
+
+    #[test]
+    fn a_message_holds_one_kind_and_one_priority() {
+        let batch = vec![d("a", 9, 0), d("a", 9, 1), d("a", 0, 2), d("b", 0, 3), d("a", 0, 4)];
+        let messages = pack(batch);
+        assert_eq!(messages.len(), 5);
+        for m in &messages {
+            assert!(m.iter().all(|x| x.kind == m[0].kind && x.priority == m[0].priority));
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_single_dispatch_messages_still_read() {
+        let batch = vec![d("a", 1, 0), d("a", 1, 1)];
+        let body = rmp_serde::to_vec(&batch).expect("encode");
+        assert_eq!(unpack(&body).expect("decode"), batch);
+        let single = d("a", 1, 2);
+        let body = rmp_serde::to_vec(&single).expect("encode");
+        assert_eq!(unpack(&body).expect("decode"), vec![single]);
+        assert!(unpack(b"not msgpack").is_err());
     }
 }
