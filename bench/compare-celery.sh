@@ -27,7 +27,7 @@ wait $celery_pid 2>/dev/null || true
 echo "$celery_out"
 
 cargo build -q --release --bin taskorch-bench
-taskorch_out=$(./target/release/taskorch-bench --database "$PG" --amqp-url "$AMQP" --redis-url "$REDIS" \
+taskorch_out=$("${CARGO_TARGET_DIR:-target}/release/taskorch-bench" --database "$PG" --amqp-url "$AMQP" --redis-url "$REDIS" \
   --noop-tasks "$N" --chains 10)
 echo "$taskorch_out"
 

@@ -12,7 +12,7 @@ use crate::cache::{NoCache, ReadCache};
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 use crate::queue::{Dispatch, Phase};
-use crate::store::{Claimed, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
+use crate::store::{Claimed, Continuation, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -245,8 +245,15 @@ impl Engine {
 
     /// Records attempt outcomes; publishes their events and wakes the dispatcher when tasks became ready.
     pub async fn report(&self, outcomes: Vec<Outcome>) -> Result<Report, Error> {
+        self.report_and_continue(outcomes, &Continuation::default()).await
+    }
+
+    /// Records attempt outcomes and, in the same transaction, claims for the reporting worker dependents they
+    /// made ready (`Report::continued`), which that worker runs at once.
+    pub async fn report_and_continue(&self, outcomes: Vec<Outcome>, cont: &Continuation) -> Result<Report, Error> {
         let mut jitter = || rand::random::<f64>();
-        let mut report = self.inner.store.report(outcomes, &mut jitter).await?;
+        let lease_us = self.inner.opts.lease.as_micros() as i64;
+        let mut report = self.inner.store.report(outcomes, &mut jitter, cont, lease_us).await?;
         self.publish(std::mem::take(&mut report.events)).await;
         if report.made_ready > 0 {
             self.wake_dispatcher();

@@ -64,6 +64,40 @@ async fn diamond_passes_results_downstream_in_dependency_order() {
 }
 
 #[tokio::test]
+async fn a_dependent_starts_in_the_commit_that_completes_its_dependency() {
+    let server = Server::start().await;
+    let tasks: Vec<Value> = (0..4)
+        .map(|i| {
+            let mut t = json!({ "key": format!("s{i}"), "kind": "echo", "payload": { "step": i } });
+            if i > 0 {
+                t["dependsOn"] = json!([format!("s{}", i - 1)]);
+            }
+            t
+        })
+        .collect();
+    let id = server.submit(json!({ "name": "continuation", "tasks": tasks })).await;
+    let events = server.wait_finished(&id, MINUTE).await;
+    assert_eq!(events.last().unwrap()["type"], "WORKFLOW_COMPLETED");
+    for i in 1..4 {
+        // The worker that completed s{i-1} claimed s{i} in the same transaction: the three events are one commit.
+        let done = seq_of(&events, "TASK_COMPLETED", &format!("s{}", i - 1))[0];
+        let queued = seq_of(&events, "TASK_QUEUED", &format!("s{i}"))[0];
+        let started = seq_of(&events, "TASK_STARTED", &format!("s{i}"))[0];
+        assert!(done < queued && queued < started, "s{i}: {done} {queued} {started}");
+        let at = |seq: i64| events.iter().find(|e| e["sequence"] == seq).map(|e| e["at"].clone());
+        assert_eq!(at(done), at(started), "s{i} did not start in the commit that completed s{}", i - 1);
+    }
+    let wf = server.workflow(&id).await;
+    let tasks = wf["tasks"].as_array().unwrap();
+    for i in 1..4 {
+        assert_eq!(tasks[i]["startedAt"], tasks[i - 1]["finishedAt"]);
+        assert_eq!(tasks[i]["attempts"], 1);
+    }
+    // Inputs still reach a task started this way.
+    assert_eq!(tasks[1]["result"]["inputs"]["s0"]["payload"], json!({ "step": 0 }));
+}
+
+#[tokio::test]
 async fn fan_out_of_a_thousand_fans_in_once() {
     let server = Server::start().await;
     let mut tasks = vec![json!({ "key": "root", "kind": "noop" })];

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use taskorch_domain::TaskId;
 use taskorch_engine::dispatcher::{DispatcherOptions, run_dispatcher, run_reaper};
-use taskorch_engine::store::{Claimed, Outcome, OutcomeKind};
+use taskorch_engine::store::{Claimed, Continuation, Outcome, OutcomeKind};
 use taskorch_engine::{Engine, InProcessQueue, Phase, TaskQueue};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -45,6 +45,100 @@ struct HeldAttempt {
     lost: CancellationToken,
     workflow_id: taskorch_domain::WorkflowId,
     key: String,
+}
+
+/// An outcome on its way to the reporter: with the message to acknowledge once committed, the trace context, and
+/// whether the task has dependents (a completion may then continue with one).
+type Reported = (Outcome, Option<Ack>, Option<String>, bool);
+
+/// Starts claimed attempts: shared by the claim loop and the reporter's continuations.
+#[derive(Clone)]
+struct Launcher {
+    registry: Arc<Registry>,
+    held: Held,
+    abort: CancellationToken,
+}
+
+impl Launcher {
+    /// Runs `task` holding `permit` (a worker slot); its outcome goes to `report_tx` with `ack`.
+    fn start(
+        &self,
+        task: Claimed,
+        permit: OwnedSemaphorePermit,
+        ack: Option<Ack>,
+        parent: Option<&str>,
+        report_tx: mpsc::UnboundedSender<Reported>,
+    ) {
+        let lost = CancellationToken::new();
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(
+                task.task_id,
+                HeldAttempt {
+                    phase: task.phase,
+                    attempt: task.attempt,
+                    lost: lost.clone(),
+                    workflow_id: task.workflow_id,
+                    key: task.key.clone(),
+                },
+            );
+        }
+        let registry = self.registry.clone();
+        let held = self.held.clone();
+        let abort = self.abort.clone();
+        let span = tracing::info_span!(
+            "task.execute",
+            workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
+        );
+        // The dispatch span (possibly in another process) is the parent, through the message.
+        taskorch_engine::trace::set_parent(&span, parent);
+        let execute_trace = taskorch_engine::trace::traceparent(&span);
+        let has_dependents = task.has_dependents;
+        tokio::spawn(
+            async move {
+                let id = task.task_id;
+                let outcome = execute(task, &registry, lost.clone(), abort).await;
+                if let Ok(mut h) = held.lock() {
+                    h.remove(&id);
+                }
+                // A lost attempt's result is not reported: the store would refuse it anyway.
+                if !lost.is_cancelled() {
+                    let _ = report_tx.send((outcome, ack, execute_trace, has_dependents));
+                } else if let Some(ack) = ack {
+                    ack.ack().await;
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Most dependents one report batch claims for its own worker.
+const CONTINUE_MAX: usize = 32;
+
+/// What the reporter needs to run, at once, the dependents its completions made ready (see
+/// `taskorch_engine::store::Continuation`): free slots, the launcher, the kinds this worker serves.
+struct Continue {
+    slots: Arc<Semaphore>,
+    launcher: Launcher,
+    /// Weak, so that the reporter ends once the worker and its attempts are gone.
+    report_tx: mpsc::WeakUnboundedSender<Reported>,
+    kinds: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+impl Continue {
+    /// Free slots reserved for the continuations of a batch with `completions` completions (none once stopping).
+    fn reserve(&self, completions: usize) -> Vec<OwnedSemaphorePermit> {
+        let mut permits = Vec::new();
+        while !self.shutdown.is_cancelled() && permits.len() < completions.min(CONTINUE_MAX) {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        permits
+    }
 }
 
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
@@ -85,8 +179,16 @@ pub async fn run_worker(
     let slots = Arc::new(Semaphore::new(concurrency));
     let held: Held = Arc::new(Mutex::new(HashMap::new()));
     let abort = CancellationToken::new();
-    let (report_tx, report_rx) = mpsc::unbounded_channel::<(Outcome, Option<Ack>, Option<String>)>();
-    let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx));
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<Reported>();
+    let launcher = Launcher { registry: registry.clone(), held: held.clone(), abort: abort.clone() };
+    let continuation = Continue {
+        slots: slots.clone(),
+        launcher: launcher.clone(),
+        report_tx: report_tx.downgrade(),
+        kinds: opts.kinds.clone().unwrap_or_else(|| registry.kinds()),
+        shutdown: shutdown.clone(),
+    };
+    let reporter = tokio::spawn(run_reporter(engine.clone(), report_rx, continuation));
     let beats = CancellationToken::new();
     let heartbeat = tokio::spawn(run_heartbeat(engine.clone(), held.clone(), opts.heartbeat, beats.clone()));
     let signals = tokio::spawn(run_cancel_signals(engine.clone(), held.clone(), beats.clone()));
@@ -143,47 +245,8 @@ pub async fn run_worker(
         for task in claimed {
             let Some(permit) = permits.pop() else { break };
             let ack = claimed_acks.remove(&task.task_id);
-            let lost = CancellationToken::new();
-            if let Ok(mut h) = held.lock() {
-                h.insert(
-                    task.task_id,
-                    HeldAttempt {
-                        phase: task.phase,
-                        attempt: task.attempt,
-                        lost: lost.clone(),
-                        workflow_id: task.workflow_id,
-                        key: task.key.clone(),
-                    },
-                );
-            }
-            let registry = registry.clone();
-            let report_tx = report_tx.clone();
-            let held = held.clone();
-            let abort = abort.clone();
-            let span = tracing::info_span!(
-                "task.execute",
-                workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
-            );
-            // The dispatch span (possibly in another process) is the parent, through the message.
-            taskorch_engine::trace::set_parent(&span, traces.remove(&task.task_id).as_deref());
-            let execute_trace = taskorch_engine::trace::traceparent(&span);
-            tokio::spawn(
-                async move {
-                    let id = task.task_id;
-                    let outcome = execute(task, &registry, lost.clone(), abort).await;
-                    if let Ok(mut h) = held.lock() {
-                        h.remove(&id);
-                    }
-                    // A lost attempt's result is not reported: the store would refuse it anyway.
-                    if !lost.is_cancelled() {
-                        let _ = report_tx.send((outcome, ack, execute_trace));
-                    } else if let Some(ack) = ack {
-                        ack.ack().await;
-                    }
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            let parent = traces.remove(&task.task_id);
+            launcher.start(task, permit, ack, parent.as_deref(), report_tx.clone());
         }
     }
 
@@ -296,7 +359,7 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
 }
 
 /// Group commit: reports everything waiting in one transaction.
-async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, Option<Ack>, Option<String>)>) {
+async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>, cont: Continue) {
     let mut batch = Vec::with_capacity(512);
     let mut acks = Vec::with_capacity(512);
     // One `task.complete` span per traced outcome, child of its `task.execute`, open across the commit.
@@ -308,24 +371,36 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, 
             spans.push(span);
         }
     };
-    while let Some((first, ack, t)) = rx.recv().await {
+    while let Some((first, ack, t, continues)) = rx.recv().await {
+        // Completions of tasks with dependents: how many continuations this batch may start.
+        let continues_after = |o: &Outcome, continues: bool| {
+            usize::from(continues && o.phase == Phase::Run && matches!(o.kind, OutcomeKind::Completed(_)))
+        };
         trace(&first, t, &mut spans);
+        let mut completions = continues_after(&first, continues);
         batch.push(first);
         acks.extend(ack);
         while batch.len() < 512 {
             match rx.try_recv() {
-                Ok((o, ack, t)) => {
+                Ok((o, ack, t, continues)) => {
                     trace(&o, t, &mut spans);
+                    completions += continues_after(&o, continues);
                     batch.push(o);
                     acks.extend(ack);
                 }
                 Err(_) => break,
             }
         }
+        let mut permits = cont.reserve(completions);
+        let continuation = Continuation { max: permits.len(), kinds: cont.kinds.clone() };
         let mut delay = Duration::from_millis(20);
         loop {
-            match engine.report(batch.clone()).await {
+            match engine.report_and_continue(batch.clone(), &continuation).await {
                 Ok(report) => {
+                    for task in report.continued {
+                        let (Some(permit), Some(tx)) = (permits.pop(), cont.report_tx.upgrade()) else { break };
+                        cont.launcher.start(task, permit, None, None, tx);
+                    }
                     if report.stale > 0 {
                         tracing::info!(
                             stale = report.stale,
@@ -346,6 +421,7 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<(Outcome, 
                 }
             }
         }
+        drop(permits);
         batch.clear();
         spans.clear();
         // Acknowledge only now that the outcomes are committed: a crash before this redelivers the messages.

@@ -31,6 +31,8 @@ pub struct Claimed {
     pub timeout_ms: Option<i64>,
     /// How long the task waited between becoming due and this claim, in microseconds (run phase).
     pub queue_wait_us: i64,
+    /// Whether other tasks depend on it (its completion may make some ready: run phase).
+    pub has_dependents: bool,
 }
 
 /// How an attempt ended.
@@ -59,15 +61,28 @@ pub struct Report {
     pub made_ready: usize,
     /// Reports refused because the attempt no longer held the task.
     pub stale: usize,
+    /// Tasks the reporting worker claimed in the same transaction (see [`Continuation`]), inputs filled.
+    pub continued: Vec<Claimed>,
+    /// Dependents made ready by this batch's completions, in order: candidates for the continuation.
+    pub(crate) ready: Vec<(Uuid, String)>,
     /// Events and counters written once at the end of the batch.
     pub(crate) pending: Pending,
 }
 
+/// Lets the worker that reports a batch claim, in the same transaction, up to `max` of the dependents its
+/// completions made ready (of the `kinds` it serves), and run them at once: a dependency hop is then one commit,
+/// not a completion, a dispatch through the queue and a claim. `max` is the worker's free slots; zero turns it off.
+#[derive(Debug, Clone, Default)]
+pub struct Continuation {
+    pub max: usize,
+    pub kinds: Vec<String>,
+}
+
 const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
 /// What a run-phase claim returns, by index: key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on,
-/// available_at.
+/// available_at, whether it has dependents.
 const RUN_CLAIM_COLUMNS: &str = "task.key, task.kind, task.payload, task.attempts, task.idempotency_key, task.timeout_ms, task.depends_on, \
-     task.available_at";
+     task.available_at, json_array_length(task.dependents) > 0";
 
 impl Store {
     /// Marks up to `limit` due tasks as dispatched for `visibility_us` and returns them, highest priority first.
@@ -256,6 +271,10 @@ impl Store {
                     Phase::Run => (now - row.try_get_by_index::<i64>(7)?).max(0),
                     Phase::Compensate => 0,
                 },
+                has_dependents: match d.phase {
+                    Phase::Run => row.try_get_by_index(8)?,
+                    Phase::Compensate => false,
+                },
             });
         }
         let mut pending = Pending::default();
@@ -264,12 +283,87 @@ impl Store {
         }
         let events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
-        // Inputs: the results of each run-phase task's dependencies, read after the claim committed.
+        self.fill_inputs(&mut claimed).await?;
+        Ok((claimed, events))
+    }
+
+    /// Inputs: the results of each run-phase task's dependencies (claimed with their names as `inputs`), read after
+    /// the claim committed.
+    pub(crate) async fn fill_inputs(&self, claimed: &mut [Claimed]) -> Result<(), Error> {
         for c in claimed.iter_mut().filter(|c| c.phase == Phase::Run) {
             let deps: Vec<String> = serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?;
             c.inputs = self.results_of(c.workflow_id, &deps).await?;
         }
-        Ok((claimed, events))
+        Ok(())
+    }
+
+    /// The continuation of a report (see [`Continuation`]): claims up to `cont.max` of the ready dependents, in
+    /// the reporting transaction. Inputs are the dependencies' names until [`Store::fill_inputs`].
+    pub(crate) async fn claim_ready(
+        &self,
+        txn: &DatabaseTransaction,
+        ready: Vec<(Uuid, String)>,
+        cont: &Continuation,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Vec<Claimed>, Error> {
+        let mut by_workflow: Vec<(Uuid, Vec<String>)> = Vec::new();
+        for (wf, key) in ready {
+            match by_workflow.last_mut() {
+                Some((w, keys)) if *w == wf => keys.push(key),
+                _ => by_workflow.push((wf, vec![key])),
+            }
+        }
+        let mut out = Vec::new();
+        for (wf, keys) in by_workflow {
+            let room = cont.max.saturating_sub(out.len());
+            if room == 0 || cont.kinds.is_empty() {
+                break;
+            }
+            let keys = &keys[..keys.len().min(room)];
+            let mut values: Vec<Value> = vec![(now + lease_us).into(), now.into(), wf.into()];
+            values.extend(keys.iter().map(|k| Value::from(k.clone())));
+            values.extend(cont.kinds.iter().map(|k| Value::from(k.clone())));
+            let rows = txn
+                .query_all_raw(self.db.stmt(
+                    &format!(
+                        "UPDATE task SET status = 'RUNNING', attempts = attempts + 1, lease_until = ?, started_at = ?, \
+                           error = NULL \
+                         WHERE workflow_id = ? AND key IN ({}) AND status = 'QUEUED' AND kind IN ({}) AND EXISTS (\
+                           SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
+                         RETURNING {RUN_CLAIM_COLUMNS}, task.id, task.position",
+                        placeholders(keys.len()),
+                        placeholders(cont.kinds.len())
+                    ),
+                    values,
+                ))
+                .await?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let payload: Option<Json> = row.try_get_by_index(2)?;
+                let position: i32 = row.try_get_by_index(10)?;
+                claimed.push((
+                    position,
+                    Claimed {
+                        task_id: TaskId(row.try_get_by_index(9)?),
+                        workflow_id: WorkflowId(wf),
+                        key: row.try_get_by_index(0)?,
+                        kind: row.try_get_by_index(1)?,
+                        phase: Phase::Run,
+                        attempt: row.try_get_by_index(3)?,
+                        payload: payload.unwrap_or(Json::Null),
+                        inputs: row.try_get_by_index(6)?,
+                        idempotency_key: row.try_get_by_index(4)?,
+                        timeout_ms: row.try_get_by_index(5)?,
+                        queue_wait_us: (now - row.try_get_by_index::<i64>(7)?).max(0),
+                        has_dependents: row.try_get_by_index(8)?,
+                    },
+                ));
+            }
+            claimed.sort_by_key(|(position, _)| *position);
+            out.extend(claimed.into_iter().map(|(_, c)| c));
+        }
+        Ok(out)
     }
 
     /// The run-phase claims of a batch as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL), in the
@@ -304,7 +398,7 @@ impl Store {
         let rows = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let idx: i32 = row.try_get_by_index(8)?;
+            let idx: i32 = row.try_get_by_index(9)?;
             let d =
                 usize::try_from(idx).ok().and_then(|i| batch.get(i)).ok_or_else(|| Error::corrupt("claim index"))?;
             out.push((idx, d, row));

@@ -14,7 +14,7 @@ use taskorch_domain::NewEvent;
 use taskorch_entity::event;
 use uuid::Uuid;
 
-pub use exec::{Claimed, Outcome, OutcomeKind, Report};
+pub use exec::{Claimed, Continuation, Outcome, OutcomeKind, Report};
 pub use read::TaskStats;
 pub use submit::{NewWorkflow, SubmitOutcome};
 

@@ -8,7 +8,7 @@ use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
 use uuid::Uuid;
 
-use super::exec::{Outcome, OutcomeKind, Report};
+use super::exec::{Continuation, Outcome, OutcomeKind, Report};
 use super::{Store, keys_in_order};
 use crate::db::placeholders;
 use crate::error::Error;
@@ -21,10 +21,13 @@ fn json_value(v: Json) -> Value {
 
 impl Store {
     /// Records a batch of attempt outcomes in one transaction. `jitter` draws samples in [0, 1] for retry delays.
+    /// With a [`Continuation`], the reporting worker also claims dependents the completions made ready.
     pub async fn report(
         &self,
         outcomes: Vec<Outcome>,
         jitter: &mut (dyn FnMut() -> f64 + Send),
+        cont: &Continuation,
+        lease_us: i64,
     ) -> Result<Report, Error> {
         let now = now_us();
         let txn = self.db.write.begin().await?;
@@ -72,9 +75,21 @@ impl Store {
                 report.stale += 1;
             }
         }
+        let ready = std::mem::take(&mut report.ready);
+        if cont.max > 0 && !ready.is_empty() {
+            report.continued = self.claim_ready(&txn, ready, cont, now, lease_us).await?;
+            report.made_ready -= report.continued.len();
+            for c in &report.continued {
+                let started = NewEvent::task(EventType::TaskStarted, c.key.clone());
+                report.pending.extend(c.workflow_id.0, [started.with_data(json!({ "attempt": c.attempt }))]);
+            }
+        }
         let pending = std::mem::take(&mut report.pending);
         report.events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
+        let mut continued = std::mem::take(&mut report.continued);
+        self.fill_inputs(&mut continued).await?;
+        report.continued = continued;
         Ok(report)
     }
 
@@ -194,6 +209,7 @@ impl Store {
                     .await?;
                 let ready = keys_in_order(&ready)?;
                 report.made_ready += ready.len();
+                report.ready.extend(ready.iter().map(|k| (wf, k.clone())));
                 events.extend(ready.into_iter().map(|k| NewEvent::task(EventType::TaskQueued, k)));
             }
         }
