@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskorch_domain::TaskId;
+use taskorch_domain::{TaskId, WorkflowId};
 use taskorch_engine::dispatcher::{DispatcherOptions, run_dispatcher, run_reaper};
 use taskorch_engine::store::{Claimed, Continuation, Outcome, OutcomeKind};
 use taskorch_engine::{Engine, InProcessQueue, Phase, TaskQueue};
@@ -47,9 +47,17 @@ struct HeldAttempt {
     key: String,
 }
 
-/// An outcome on its way to the reporter: with the message to acknowledge once committed, the trace context, and
-/// whether the task has dependents (a completion may then continue with one).
-type Reported = (Outcome, Option<Ack>, Option<String>, bool);
+/// An outcome on its way to the reporter.
+struct Reported {
+    outcome: Outcome,
+    /// The message to acknowledge once the outcome is committed.
+    ack: Option<Ack>,
+    /// Trace context of the attempt's `task.execute` span.
+    trace: Option<String>,
+    workflow_id: WorkflowId,
+    /// Whether the task has dependents (its completion may continue with one).
+    continues: bool,
+}
 
 /// Starts claimed attempts: shared by the claim loop and the reporter's continuations.
 #[derive(Clone)]
@@ -92,7 +100,7 @@ impl Launcher {
         // The dispatch span (possibly in another process) is the parent, through the message.
         taskorch_engine::trace::set_parent(&span, parent);
         let execute_trace = taskorch_engine::trace::traceparent(&span);
-        let has_dependents = task.has_dependents;
+        let (continues, workflow_id) = (task.has_dependents, task.workflow_id);
         tokio::spawn(
             async move {
                 let id = task.task_id;
@@ -102,7 +110,7 @@ impl Launcher {
                 }
                 // A lost attempt's result is not reported: the store would refuse it anyway.
                 if !lost.is_cancelled() {
-                    let _ = report_tx.send((outcome, ack, execute_trace, has_dependents));
+                    let _ = report_tx.send(Reported { outcome, ack, trace: execute_trace, workflow_id, continues });
                 } else if let Some(ack) = ack {
                     ack.ack().await;
                 }
@@ -358,36 +366,51 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
     outcome(kind)
 }
 
+/// What the reporter gathered for one batch.
+#[derive(Default)]
+struct Intake {
+    batch: Vec<Outcome>,
+    acks: Vec<Ack>,
+    /// One `task.complete` span per traced outcome, child of its `task.execute`, open across the commit.
+    spans: Vec<tracing::Span>,
+    /// A `task.complete` span per workflow: the parent of the continuations started in that workflow.
+    parents: HashMap<WorkflowId, String>,
+}
+
+impl Intake {
+    /// Takes one outcome; returns 1 for a completion of a task with dependents (room for a continuation).
+    fn add(&mut self, r: Reported) -> usize {
+        if let Some(t) = r.trace {
+            let span = tracing::info_span!("task.complete", task.id = %r.outcome.task_id, attempt = r.outcome.attempt);
+            taskorch_engine::trace::set_parent(&span, Some(&t));
+            if let Some(tp) = taskorch_engine::trace::traceparent(&span) {
+                self.parents.insert(r.workflow_id, tp);
+            }
+            self.spans.push(span);
+        }
+        let o = r.outcome;
+        let continues = r.continues && o.phase == Phase::Run && matches!(o.kind, OutcomeKind::Completed(_));
+        self.batch.push(o);
+        self.acks.extend(r.ack);
+        usize::from(continues)
+    }
+
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.acks.clear();
+        self.spans.clear();
+        self.parents.clear();
+    }
+}
+
 /// Group commit: reports everything waiting in one transaction.
 async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>, cont: Continue) {
-    let mut batch = Vec::with_capacity(512);
-    let mut acks = Vec::with_capacity(512);
-    // One `task.complete` span per traced outcome, child of its `task.execute`, open across the commit.
-    let mut spans = Vec::new();
-    let trace = |o: &Outcome, t: Option<String>, spans: &mut Vec<tracing::Span>| {
-        if let Some(t) = t {
-            let span = tracing::info_span!("task.complete", task.id = %o.task_id, attempt = o.attempt);
-            taskorch_engine::trace::set_parent(&span, Some(&t));
-            spans.push(span);
-        }
-    };
-    while let Some((first, ack, t, continues)) = rx.recv().await {
-        // Completions of tasks with dependents: how many continuations this batch may start.
-        let continues_after = |o: &Outcome, continues: bool| {
-            usize::from(continues && o.phase == Phase::Run && matches!(o.kind, OutcomeKind::Completed(_)))
-        };
-        trace(&first, t, &mut spans);
-        let mut completions = continues_after(&first, continues);
-        batch.push(first);
-        acks.extend(ack);
-        while batch.len() < 512 {
+    let mut intake = Intake::default();
+    while let Some(first) = rx.recv().await {
+        let mut completions = intake.add(first);
+        while intake.batch.len() < 512 {
             match rx.try_recv() {
-                Ok((o, ack, t, continues)) => {
-                    trace(&o, t, &mut spans);
-                    completions += continues_after(&o, continues);
-                    batch.push(o);
-                    acks.extend(ack);
-                }
+                Ok(r) => completions += intake.add(r),
                 Err(_) => break,
             }
         }
@@ -395,11 +418,13 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>,
         let continuation = Continuation { max: permits.len(), kinds: cont.kinds.clone() };
         let mut delay = Duration::from_millis(20);
         loop {
-            match engine.report_and_continue(batch.clone(), &continuation).await {
+            match engine.report_and_continue(intake.batch.clone(), &continuation).await {
                 Ok(report) => {
                     for task in report.continued {
                         let (Some(permit), Some(tx)) = (permits.pop(), cont.report_tx.upgrade()) else { break };
-                        cont.launcher.start(task, permit, None, None, tx);
+                        // Started by a completion in its workflow: a child of that completion's span.
+                        let parent = intake.parents.get(&task.workflow_id).cloned();
+                        cont.launcher.start(task, permit, None, parent.as_deref(), tx);
                     }
                     if report.stale > 0 {
                         tracing::info!(
@@ -422,11 +447,9 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>,
             }
         }
         drop(permits);
-        batch.clear();
-        spans.clear();
         // Acknowledge only now that the outcomes are committed: a crash before this redelivers the messages.
-        futures::future::join_all(acks.iter().map(|ack| ack.ack())).await;
-        acks.clear();
+        futures::future::join_all(intake.acks.iter().map(|ack| ack.ack())).await;
+        intake.clear();
     }
 }
 
