@@ -115,7 +115,10 @@ impl Store {
         now: i64,
     ) -> Result<Vec<EventRecord>, Error> {
         let mut records = Vec::new();
-        for wf in std::mem::take(&mut pending.order) {
+        // Workflow rows are locked in id order by every transaction, so concurrent batches never deadlock on them.
+        let mut order = std::mem::take(&mut pending.order);
+        order.sort_unstable();
+        for wf in order {
             let mut events = pending.events.remove(&wf).unwrap_or_default();
             let done = pending.completed.get(&wf).copied().unwrap_or(0);
             if events.is_empty() && done == 0 {
