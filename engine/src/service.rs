@@ -245,15 +245,22 @@ impl Engine {
 
     /// Records attempt outcomes; publishes their events and wakes the dispatcher when tasks became ready.
     pub async fn report(&self, outcomes: Vec<Outcome>) -> Result<Report, Error> {
-        self.report_and_continue(outcomes, &Continuation::default()).await
+        self.report_and_continue(outcomes, &Continuation::default(), |_| {}).await
     }
 
     /// Records attempt outcomes and, in the same transaction, claims for the reporting worker dependents they
-    /// made ready (`Report::continued`), which that worker runs at once.
-    pub async fn report_and_continue(&self, outcomes: Vec<Outcome>, cont: &Continuation) -> Result<Report, Error> {
+    /// made ready, which `start` receives right after the commit (before the events are published: the next hop
+    /// does not wait for the bus).
+    pub async fn report_and_continue(
+        &self,
+        outcomes: Vec<Outcome>,
+        cont: &Continuation,
+        start: impl FnOnce(Vec<Claimed>) + Send,
+    ) -> Result<Report, Error> {
         let mut jitter = || rand::random::<f64>();
         let lease_us = self.inner.opts.lease.as_micros() as i64;
         let mut report = self.inner.store.report(outcomes, &mut jitter, cont, lease_us).await?;
+        start(std::mem::take(&mut report.continued));
         self.publish(std::mem::take(&mut report.events)).await;
         if report.made_ready > 0 {
             self.wake_dispatcher();

@@ -418,14 +418,16 @@ async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>,
         let continuation = Continuation { max: permits.len(), kinds: cont.kinds.clone() };
         let mut delay = Duration::from_millis(20);
         loop {
-            match engine.report_and_continue(intake.batch.clone(), &continuation).await {
+            let start = |continued: Vec<Claimed>| {
+                for task in continued {
+                    let (Some(permit), Some(tx)) = (permits.pop(), cont.report_tx.upgrade()) else { break };
+                    // Started by a completion in its workflow: a child of that completion's span.
+                    let parent = intake.parents.get(&task.workflow_id).map(String::as_str);
+                    cont.launcher.start(task, permit, None, parent, tx);
+                }
+            };
+            match engine.report_and_continue(intake.batch.clone(), &continuation, start).await {
                 Ok(report) => {
-                    for task in report.continued {
-                        let (Some(permit), Some(tx)) = (permits.pop(), cont.report_tx.upgrade()) else { break };
-                        // Started by a completion in its workflow: a child of that completion's span.
-                        let parent = intake.parents.get(&task.workflow_id).cloned();
-                        cont.launcher.start(task, permit, None, parent.as_deref(), tx);
-                    }
                     if report.stale > 0 {
                         tracing::info!(
                             stale = report.stale,

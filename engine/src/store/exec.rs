@@ -61,7 +61,8 @@ pub struct Report {
     pub made_ready: usize,
     /// Reports refused because the attempt no longer held the task.
     pub stale: usize,
-    /// Tasks the reporting worker claimed in the same transaction (see [`Continuation`]), inputs filled.
+    /// Tasks the reporting worker claimed in the same transaction (see [`Continuation`]), inputs filled (the
+    /// engine hands them to the worker before publishing the events).
     pub continued: Vec<Claimed>,
     /// Dependents made ready by this batch's completions, in order: candidates for the continuation.
     pub(crate) ready: Vec<(Uuid, String)>,
