@@ -13,6 +13,7 @@ pub mod queue;
 pub mod ratelimit;
 mod redis_client;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod time;
 pub mod trace;

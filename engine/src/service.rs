@@ -12,6 +12,7 @@ use crate::cache::{NoCache, ReadCache};
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 use crate::queue::{Dispatch, Phase};
+use crate::snapshot::SnapshotCache;
 use crate::store::{Claimed, Continuation, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
 
 /// Settings of the engine.
@@ -47,6 +48,8 @@ struct Inner {
     store: Store,
     bus: Arc<dyn EventBus>,
     cache: Arc<dyn ReadCache>,
+    /// The embedded default's hot-read cache (SQLite without a shared bus).
+    snapshot: Option<SnapshotCache>,
     opts: EngineOptions,
     wake: Notify,
 }
@@ -64,7 +67,18 @@ impl Engine {
 
     /// An engine whose workflow reads go through a cache.
     pub fn with_cache(store: Store, bus: Arc<dyn EventBus>, cache: Arc<dyn ReadCache>, opts: EngineOptions) -> Self {
-        Self { inner: Arc::new(Inner { store, bus, cache, opts, wake: Notify::new() }) }
+        Self::with_caches(store, bus, cache, None, opts)
+    }
+
+    /// An engine with a shared read cache and, on SQLite, the snapshot cache of hot reads.
+    pub fn with_caches(
+        store: Store,
+        bus: Arc<dyn EventBus>,
+        cache: Arc<dyn ReadCache>,
+        snapshot: Option<SnapshotCache>,
+        opts: EngineOptions,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { store, bus, cache, snapshot, opts, wake: Notify::new() }) }
     }
 
     /// Publishes committed events, first marking cached reads of their workflows stale.
@@ -131,12 +145,22 @@ impl Engine {
     }
 
     pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
+        let stamp = match &self.inner.snapshot {
+            Some(snapshot) => match snapshot.workflow(id) {
+                Some(hit) => return Ok(Some(hit)),
+                None => snapshot.stamp(),
+            },
+            None => None,
+        };
         if let Some(hit) = self.inner.cache.get(id).await {
             return Ok(Some(hit));
         }
         let record = self.inner.store.workflow(id).await?;
         if let Some(r) = &record {
             self.inner.cache.put(r).await;
+            if let (Some(snapshot), Some(stamp)) = (&self.inner.snapshot, stamp) {
+                snapshot.put_workflow(stamp, r);
+            }
         }
         Ok(record)
     }
@@ -159,7 +183,18 @@ impl Engine {
         &self,
         ids: &[WorkflowId],
     ) -> Result<std::collections::HashMap<WorkflowId, Vec<TaskRecord>>, Error> {
-        self.inner.store.tasks_of(ids).await
+        let Some(snapshot) = &self.inner.snapshot else { return self.inner.store.tasks_of(ids).await };
+        let (mut hits, missed) = snapshot.tasks(ids);
+        if missed.is_empty() {
+            return Ok(hits);
+        }
+        let stamp = snapshot.stamp();
+        let read = self.inner.store.tasks_of(&missed).await?;
+        if let Some(stamp) = stamp {
+            snapshot.put_tasks(stamp, &missed, &read);
+        }
+        hits.extend(read);
+        Ok(hits)
     }
 
     pub async fn task(&self, id: WorkflowId, key: &str) -> Result<Option<TaskRecord>, Error> {

@@ -309,3 +309,32 @@ async fn cors_allows_only_the_configured_origins() {
     let refused = preflight("http://evil.example").await.unwrap();
     assert!(refused.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn a_read_after_another_process_changed_the_workflow_is_never_stale() {
+    let a = Server::start_with(no_worker()).await;
+    let b = a.sibling(no_worker()).await;
+    let id = a.submit(json!({ "name": "watched", "tasks": [{ "key": "t", "kind": "noop" }] })).await;
+    let read = "query($id: ID!) { workflow(id: $id) { status tasks { key status } } }";
+    // Read twice on A: on the embedded default the second read is answered from A's hot-read cache ...
+    let s1 = statements(&a).await;
+    let s2 = statements(&a).await;
+    let scrape = s2 - s1;
+    let mut costs = Vec::new();
+    for _ in 0..2 {
+        let before = statements(&a).await;
+        let wf = a.data(read, json!({ "id": id })).await;
+        costs.push(statements(&a).await - before - scrape);
+        assert_eq!(wf["workflow"]["status"], "RUNNING");
+        assert_eq!(wf["workflow"]["tasks"][0]["status"], "QUEUED");
+    }
+    let set = |v: &str| std::env::var(v).is_ok_and(|u| !u.is_empty());
+    if !set("TASKORCH_TEST_DATABASE_URL") && !set("TASKORCH_TEST_REDIS_URL") {
+        assert_eq!(costs, vec![2, 0], "the repeated read costs no statement");
+    }
+    // ... then another process changes it: A's very next read shows the change.
+    b.data("mutation($id: ID!) { cancelWorkflow(id: $id) { id } }", json!({ "id": id })).await;
+    let wf = a.data(read, json!({ "id": id })).await;
+    assert_eq!(wf["workflow"]["status"], "CANCELLED", "{wf}");
+    assert_eq!(wf["workflow"]["tasks"][0]["status"], "CANCELLED", "{wf}");
+}

@@ -7,6 +7,7 @@ use taskorch_engine::cache::{NoCache, ReadCache, RedisCache};
 use taskorch_engine::db::{Database, redact};
 use taskorch_engine::dispatcher::{DispatcherOptions, run_dispatcher, run_reaper};
 use taskorch_engine::queue::{RabbitMqOptions, RabbitMqQueue};
+use taskorch_engine::snapshot::SnapshotCache;
 use taskorch_engine::store::Store;
 use taskorch_engine::{Engine, EngineOptions, EventBus, InProcessEventBus, RedisEventBus, TaskQueue};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +59,9 @@ pub async fn connect(
             .map_err(|e| anyhow::anyhow!("TASKORCH_AMQP_URL ({}) is unreachable: {e}", redact(url)))?,
         )),
     };
-    Ok(Backends { engine: Engine::with_cache(Store::new(db), bus, cache, engine_options), broker })
+    // Without a shared bus (embedded default), hot reads are kept while the SQLite file is unchanged.
+    let snapshot = if config.redis_url.is_none() { SnapshotCache::for_url(url) } else { None };
+    Ok(Backends { engine: Engine::with_caches(Store::new(db), bus, cache, snapshot, engine_options), broker })
 }
 
 /// Runs this process's share of the work until `shutdown`: with a broker, a dispatcher and a reaper (every process
