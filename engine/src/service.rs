@@ -49,7 +49,7 @@ struct Inner {
     bus: Arc<dyn EventBus>,
     cache: Arc<dyn ReadCache>,
     /// The embedded default's hot-read cache (SQLite without a shared bus).
-    snapshot: Option<SnapshotCache>,
+    snapshot: Option<Arc<SnapshotCache>>,
     opts: EngineOptions,
     wake: Notify,
 }
@@ -78,7 +78,13 @@ impl Engine {
         snapshot: Option<SnapshotCache>,
         opts: EngineOptions,
     ) -> Self {
+        let snapshot = snapshot.map(Arc::new);
         Self { inner: Arc::new(Inner { store, bus, cache, snapshot, opts, wake: Notify::new() }) }
+    }
+
+    /// The embedded default's snapshot cache, shared with authentication (API keys).
+    pub fn snapshot(&self) -> Option<Arc<SnapshotCache>> {
+        self.inner.snapshot.clone()
     }
 
     /// Publishes committed events, first marking cached reads of their workflows stale.

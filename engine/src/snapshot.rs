@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use taskorch_domain::WorkflowId;
 
 use crate::model::{TaskRecord, WorkflowRecord};
+use crate::store::KeyWithHash;
 
 /// The WAL-index header as read before a database read.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,6 +30,8 @@ pub struct SnapshotCache {
     shm: PathBuf,
     workflows: Mutex<HashMap<WorkflowId, (Stamp, WorkflowRecord)>>,
     tasks: Mutex<HashMap<WorkflowId, (Stamp, Vec<TaskRecord>)>>,
+    /// API keys by prefix: a revocation is a commit, so a key is checked against its row as of the last commit.
+    keys: Mutex<HashMap<String, (Stamp, KeyWithHash)>>,
 }
 
 impl SnapshotCache {
@@ -39,7 +42,12 @@ impl SnapshotCache {
         if path.is_empty() || path.starts_with(":memory:") {
             return None;
         }
-        Some(Self { shm: PathBuf::from(format!("{path}-shm")), workflows: Mutex::default(), tasks: Mutex::default() })
+        Some(Self {
+            shm: PathBuf::from(format!("{path}-shm")),
+            workflows: Mutex::default(),
+            tasks: Mutex::default(),
+            keys: Mutex::default(),
+        })
     }
 
     /// The current header, or `None` when it cannot be trusted (no `-shm`, or a header being written). The file is
@@ -93,6 +101,23 @@ impl SnapshotCache {
             for id in ids {
                 map.insert(*id, (stamp, tasks.get(id).cloned().unwrap_or_default()));
             }
+        }
+    }
+}
+
+impl SnapshotCache {
+    pub(crate) fn api_key(&self, prefix: &str) -> Option<KeyWithHash> {
+        let now = self.stamp()?;
+        let map = self.keys.lock().ok()?;
+        map.get(prefix).filter(|(s, _)| *s == now).map(|(_, k)| k.clone())
+    }
+
+    pub(crate) fn put_api_key(&self, stamp: Stamp, prefix: &str, key: &KeyWithHash) {
+        if let Ok(mut map) = self.keys.lock() {
+            if map.len() >= CAPACITY {
+                map.clear();
+            }
+            map.insert(prefix.to_owned(), (stamp, key.clone()));
         }
     }
 }

@@ -206,13 +206,10 @@ pub async fn run_worker(
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
-        }
+        // Only one slot is held while waiting: the others stay free for the reporter's continuations.
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            b = queue.receive(permits.len()) => match b {
+            b = queue.receive(1 + slots.available_permits()) => match b {
                 Ok(b) => b,
                 Err(err) => {
                     tracing::warn!(error = %err, "queue receive failed");
@@ -221,6 +218,14 @@ pub async fn run_worker(
                 }
             },
         };
+        // A slot for every delivery (waiting for running attempts if continuations took some meanwhile).
+        let mut permits = vec![first];
+        while permits.len() < batch.len() {
+            match slots.clone().acquire_owned().await {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
         let mut acks: HashMap<TaskId, Ack> = HashMap::with_capacity(batch.len());
         let mut dispatches = Vec::with_capacity(batch.len());
         for delivery in batch {

@@ -17,7 +17,8 @@ pub use password::HashParams;
 
 use crate::error::Error;
 use crate::model::{ApiKeyRecord, TenantRecord, UserRecord};
-use crate::store::Store;
+use crate::snapshot::SnapshotCache;
+use crate::store::{KeyWithHash, Store};
 use crate::time::{now_us, to_datetime};
 use jwt::{AccessClaims, JwtKeys};
 use password::PasswordHashing;
@@ -138,13 +139,19 @@ struct Inner {
     access_ttl: Duration,
     refresh_ttl: Duration,
     touched: Mutex<HashMap<ApiKeyId, i64>>,
+    /// On the embedded default: key rows kept while the database is unchanged (see `crate::snapshot`).
+    snapshot: Option<Arc<SnapshotCache>>,
 }
 
 pub const DEFAULT_ADMIN_EMAIL: &str = "admin@taskorch.local";
 
 impl Auth {
     /// Loads (or creates) the signing key and creates the admin on an empty database.
-    pub async fn init(store: Store, opts: AuthOptions) -> Result<(Self, Bootstrap), Error> {
+    pub async fn init(
+        store: Store,
+        snapshot: Option<Arc<SnapshotCache>>,
+        opts: AuthOptions,
+    ) -> Result<(Self, Bootstrap), Error> {
         let secret = match opts.jwt_secret {
             Some(s) if s.len() >= 32 => s,
             Some(_) => return Err(Error::BadInput("the JWT secret must have at least 32 bytes".to_owned())),
@@ -168,6 +175,7 @@ impl Auth {
                 access_ttl: opts.access_ttl.unwrap_or(DEFAULT_ACCESS_TTL),
                 refresh_ttl: opts.refresh_ttl.unwrap_or(DEFAULT_REFRESH_TTL),
                 touched: Mutex::new(HashMap::new()),
+                snapshot,
             }),
         };
         let boot = auth.bootstrap(opts.admin_email, opts.admin_password).await?;
@@ -273,7 +281,7 @@ impl Auth {
     async fn authenticate_key(&self, token: &str) -> Result<Principal, Error> {
         const REFUSED: &str = "the API key is not valid (unknown, revoked or expired)";
         let (prefix, secret_part) = api_key::parse(token).ok_or(Error::Unauthenticated(REFUSED))?;
-        let found = self.inner.store.api_key_by_prefix(prefix).await?.ok_or(Error::Unauthenticated(REFUSED))?;
+        let found = self.key_by_prefix(prefix).await?.ok_or(Error::Unauthenticated(REFUSED))?;
         let hash = secret::sha256_hex(secret_part);
         let now = now_us();
         let key = found.key;
@@ -300,6 +308,21 @@ impl Auth {
             role: key.role,
             subject: Subject::ApiKey { id: key.id, prefix: key.prefix },
         })
+    }
+
+    /// The key row of `prefix` as of the last commit: from the snapshot cache while the database is unchanged,
+    /// else from the primary (so a revocation holds at once everywhere).
+    async fn key_by_prefix(&self, prefix: &str) -> Result<Option<KeyWithHash>, Error> {
+        let Some(snapshot) = &self.inner.snapshot else { return self.inner.store.api_key_by_prefix(prefix).await };
+        if let Some(hit) = snapshot.api_key(prefix) {
+            return Ok(Some(hit));
+        }
+        let stamp = snapshot.stamp();
+        let found = self.inner.store.api_key_by_prefix(prefix).await?;
+        if let (Some(stamp), Some(key)) = (stamp, &found) {
+            snapshot.put_api_key(stamp, prefix, key);
+        }
+        Ok(found)
     }
 
     /// Creates a tenant (admins of the system tenant only).

@@ -17,6 +17,7 @@ pub(crate) struct UserWithHash {
 }
 
 /// An API key row with its secret hash (never leaves the engine).
+#[derive(Clone)]
 pub(crate) struct KeyWithHash {
     pub key: ApiKeyRecord,
     pub secret_hash: String,

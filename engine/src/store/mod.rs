@@ -14,6 +14,7 @@ use taskorch_domain::NewEvent;
 use taskorch_entity::event;
 use uuid::Uuid;
 
+pub(crate) use auth::KeyWithHash;
 pub use exec::{Claimed, Continuation, Outcome, OutcomeKind, Report};
 pub use read::TaskStats;
 pub use submit::{NewWorkflow, SubmitOutcome};
