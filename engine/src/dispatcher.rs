@@ -1,4 +1,5 @@
-//! Background loops: the dispatcher (due tasks → queue) and the reaper (expired leases → failed attempts).
+//! Background loops: the dispatcher (due tasks → queue) and the reaper (expired dispatches → due again, expired
+//! leases → failed attempts).
 //! Both are safe to run in several processes at once: dispatch marks rows (SKIP LOCKED on PostgreSQL) and every
 //! state change downstream is fenced.
 
@@ -81,7 +82,7 @@ async fn publish(engine: Engine, queue: Arc<dyn TaskQueue>, due: Vec<Dispatch>, 
     }
 }
 
-/// Reaps expired leases every `period` until `shutdown`.
+/// Reaps expired dispatches and leases every `period` until `shutdown`.
 pub async fn run_reaper(engine: Engine, period: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -317,8 +317,12 @@ impl Engine {
         self.inner.store.heartbeat(held, self.inner.opts.lease.as_micros() as i64).await
     }
 
-    /// Turns expired leases into failed attempts ("worker lost"); returns how many.
+    /// Makes expired dispatches due again, and turns expired leases into failed attempts ("worker lost"); returns
+    /// how many leases.
     pub async fn reap_once(&self) -> Result<usize, Error> {
+        if self.inner.store.expire_dispatches().await? > 0 {
+            self.wake_dispatcher();
+        }
         let expired = self.inner.store.expired_leases(1000).await?;
         if expired.is_empty() {
             return Ok(0);

@@ -1,8 +1,8 @@
 //! Execution: fetching due tasks for dispatch, fenced claims, heartbeats and the reaper's scan.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
 use taskorch_domain::{EventType, NewEvent, TaskId, WorkflowId};
 use uuid::Uuid;
@@ -80,6 +80,12 @@ pub struct Continuation {
 }
 
 const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
+/// The `SET` of a run-phase claim; its placeholders are `lease_until`, `started_at`.
+const RUN_CLAIM_SET: &str =
+    "status = 'RUNNING', attempts = task.attempts + 1, lease_until = ?, started_at = ?, error = NULL";
+/// Tasks are claimed only while their workflow runs.
+const WORKFLOW_RUNNING: &str =
+    "EXISTS (SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING')";
 /// What a run-phase claim returns, by index: key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on,
 /// available_at, whether it has dependents.
 const RUN_CLAIM_COLUMNS: &str = "task.key, task.kind, task.payload, task.attempts, task.idempotency_key, task.timeout_ms, task.depends_on, \
@@ -87,7 +93,8 @@ const RUN_CLAIM_COLUMNS: &str = "task.key, task.kind, task.payload, task.attempt
 
 impl Store {
     /// Marks up to `limit` due tasks as dispatched for `visibility_us` and returns them, highest priority first.
-    /// A dispatched task that is still unclaimed when the visibility runs out is dispatched again.
+    /// A dispatched task that is still unclaimed when the visibility runs out is made due again by
+    /// [`Store::expire_dispatches`] (the reaper) and dispatched again.
     pub async fn fetch_due(
         &self,
         limit: usize,
@@ -108,15 +115,6 @@ impl Store {
             }
         }
         values.push((limit as i64).into());
-        // Dispatches whose visibility ran out (never claimed: lost message, dead consumer) are due again.
-        self.db
-            .write
-            .execute_raw(self.db.stmt(
-                "UPDATE task SET dispatched_until = 0 WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING') \
-                 AND dispatched_until > 0 AND dispatched_until <= ? AND lease_until IS NULL",
-                vec![now.into()],
-            ))
-            .await?;
         let lock = if self.db.backend == DbBackend::Postgres { " FOR UPDATE OF t SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE task SET dispatched_until = ? WHERE id IN (\
@@ -174,6 +172,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Makes dispatches whose visibility ran out (never claimed: a lost message, a dead consumer) due again;
+    /// returns how many.
+    pub async fn expire_dispatches(&self) -> Result<u64, Error> {
+        let res = self
+            .db
+            .write
+            .execute_raw(self.db.stmt(
+                "UPDATE task SET dispatched_until = 0 WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING') \
+                 AND dispatched_until > 0 AND dispatched_until <= ? AND lease_until IS NULL",
+                vec![now_us().into()],
+            ))
+            .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Makes dispatched tasks due again at once.
     pub async fn undispatch(&self, ids: &[TaskId]) -> Result<(), Error> {
         for chunk in ids.chunks(500) {
@@ -195,7 +208,6 @@ impl Store {
         let now = now_us();
         let txn = self.db.write.begin().await?;
         let mut claimed = Vec::with_capacity(batch.len());
-        let mut started: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
         // On PostgreSQL the run-phase claims of the batch are one statement; elsewhere one fenced update each.
         let set_based = self.db.backend == DbBackend::Postgres;
         let mut rows = if set_based { self.claim_runs(&txn, batch, now, lease_us).await? } else { Vec::new() };
@@ -204,11 +216,8 @@ impl Store {
                 Phase::Run => {
                     txn.query_one_raw(self.db.stmt(
                         &format!(
-                            "UPDATE task SET status = 'RUNNING', attempts = attempts + 1, lease_until = ?, \
-                               started_at = ?, error = NULL \
-                             WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} AND EXISTS (\
-                               SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
-                             RETURNING {RUN_CLAIM_COLUMNS}"
+                            "UPDATE task SET {RUN_CLAIM_SET} WHERE id = ? AND attempts = ? \
+                             AND status IN {RUN_STATUSES} AND {WORKFLOW_RUNNING} RETURNING {RUN_CLAIM_COLUMNS}"
                         ),
                         vec![(now + lease_us).into(), now.into(), d.task_id.0.into(), d.fence.into()],
                     ))
@@ -229,58 +238,16 @@ impl Store {
                 rows.push((d, row));
             }
         }
-        for (d, row) in rows {
-            let key: String = row.try_get_by_index(0)?;
-            let attempt: i32 = row.try_get_by_index(3)?;
-            let (kind, payload, inputs) = match d.phase {
-                Phase::Run => {
-                    let deps: Json = row.try_get_by_index(6)?;
-                    let payload: Option<Json> = row.try_get_by_index(2)?;
-                    (row.try_get_by_index::<String>(1)?, payload.unwrap_or(Json::Null), deps)
-                }
-                Phase::Compensate => {
-                    let comp: Option<Json> = row.try_get_by_index(2)?;
-                    let comp = comp.unwrap_or(Json::Null);
-                    let original_payload: Option<Json> = row.try_get_by_index(6)?;
-                    let original_result: Option<Json> = row.try_get_by_index(7)?;
-                    let inputs = serde_json::json!({
-                        "payload": original_payload.unwrap_or(Json::Null),
-                        "result": original_result.unwrap_or(Json::Null),
-                    });
-                    let kind: Option<String> = row.try_get_by_index(1)?;
-                    (kind.unwrap_or_default(), comp.get("payload").cloned().unwrap_or(Json::Null), inputs)
-                }
-            };
-            if d.phase == Phase::Run {
-                started.entry(d.workflow_id.0).or_default().push(
-                    NewEvent::task(EventType::TaskStarted, key.clone())
-                        .with_data(serde_json::json!({ "attempt": attempt })),
-                );
-            }
-            claimed.push(Claimed {
-                task_id: d.task_id,
-                workflow_id: d.workflow_id,
-                key,
-                kind,
-                phase: d.phase,
-                attempt,
-                payload,
-                inputs,
-                idempotency_key: row.try_get_by_index(4)?,
-                timeout_ms: row.try_get_by_index(5)?,
-                queue_wait_us: match d.phase {
-                    Phase::Run => (now - row.try_get_by_index::<i64>(7)?).max(0),
-                    Phase::Compensate => 0,
-                },
-                has_dependents: match d.phase {
-                    Phase::Run => row.try_get_by_index(8)?,
-                    Phase::Compensate => false,
-                },
-            });
-        }
         let mut pending = Pending::default();
-        for (wf, evs) in started {
-            pending.extend(wf, evs);
+        for (d, row) in rows {
+            let c = match d.phase {
+                Phase::Run => run_claimed(&row, d.task_id, d.workflow_id, now)?,
+                Phase::Compensate => compensation_claimed(&row, d)?,
+            };
+            if c.phase == Phase::Run {
+                pending.extend(c.workflow_id.0, [started_event(&c)]);
+            }
+            claimed.push(c);
         }
         let events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
@@ -290,10 +257,30 @@ impl Store {
 
     /// Inputs: the results of each run-phase task's dependencies (claimed with their names as `inputs`), read after
     /// the claim committed.
+    /// One read per workflow, however many of its tasks were claimed together (a fan-in's dependents).
     pub(crate) async fn fill_inputs(&self, claimed: &mut [Claimed]) -> Result<(), Error> {
-        for c in claimed.iter_mut().filter(|c| c.phase == Phase::Run) {
-            let deps: Vec<String> = serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?;
-            c.inputs = self.results_of(c.workflow_id, &deps).await?;
+        let mut deps_of: Vec<Vec<String>> = Vec::with_capacity(claimed.len());
+        let mut wanted: HashMap<WorkflowId, BTreeSet<String>> = HashMap::new();
+        for c in claimed.iter_mut() {
+            let deps: Vec<String> = match c.phase {
+                Phase::Run => serde_json::from_value(std::mem::take(&mut c.inputs)).map_err(Error::corrupt)?,
+                Phase::Compensate => Vec::new(),
+            };
+            if !deps.is_empty() {
+                wanted.entry(c.workflow_id).or_default().extend(deps.iter().cloned());
+            }
+            deps_of.push(deps);
+        }
+        let mut results: HashMap<WorkflowId, serde_json::Map<String, Json>> = HashMap::with_capacity(wanted.len());
+        for (wf, keys) in wanted {
+            results.insert(wf, self.results_of(wf, &keys.into_iter().collect::<Vec<_>>()).await?);
+        }
+        for (c, deps) in claimed.iter_mut().zip(deps_of) {
+            if c.phase == Phase::Run {
+                let of_wf = results.get(&c.workflow_id);
+                let inputs = deps.into_iter().filter_map(|k| Some((k.clone(), of_wf?.get(&k)?.clone()))).collect();
+                c.inputs = Json::Object(inputs);
+            }
         }
         Ok(())
     }
@@ -328,11 +315,8 @@ impl Store {
             let rows = txn
                 .query_all_raw(self.db.stmt(
                     &format!(
-                        "UPDATE task SET status = 'RUNNING', attempts = attempts + 1, lease_until = ?, started_at = ?, \
-                           error = NULL \
-                         WHERE workflow_id = ? AND key IN ({}) AND status = 'QUEUED' AND kind IN ({}) AND EXISTS (\
-                           SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
-                         RETURNING {RUN_CLAIM_COLUMNS}, task.id, task.position",
+                        "UPDATE task SET {RUN_CLAIM_SET} WHERE workflow_id = ? AND key IN ({}) AND status = 'QUEUED' \
+                         AND kind IN ({}) AND {WORKFLOW_RUNNING} RETURNING {RUN_CLAIM_COLUMNS}, task.id, task.position",
                         placeholders(keys.len()),
                         placeholders(cont.kinds.len())
                     ),
@@ -341,25 +325,8 @@ impl Store {
                 .await?;
             let mut claimed = Vec::with_capacity(rows.len());
             for row in rows {
-                let payload: Option<Json> = row.try_get_by_index(2)?;
                 let position: i32 = row.try_get_by_index(10)?;
-                claimed.push((
-                    position,
-                    Claimed {
-                        task_id: TaskId(row.try_get_by_index(9)?),
-                        workflow_id: WorkflowId(wf),
-                        key: row.try_get_by_index(0)?,
-                        kind: row.try_get_by_index(1)?,
-                        phase: Phase::Run,
-                        attempt: row.try_get_by_index(3)?,
-                        payload: payload.unwrap_or(Json::Null),
-                        inputs: row.try_get_by_index(6)?,
-                        idempotency_key: row.try_get_by_index(4)?,
-                        timeout_ms: row.try_get_by_index(5)?,
-                        queue_wait_us: (now - row.try_get_by_index::<i64>(7)?).max(0),
-                        has_dependents: row.try_get_by_index(8)?,
-                    },
-                ));
+                claimed.push((position, run_claimed(&row, TaskId(row.try_get_by_index(9)?), WorkflowId(wf), now)?));
             }
             claimed.sort_by_key(|(position, _)| *position);
             out.extend(claimed.into_iter().map(|(_, c)| c));
@@ -385,18 +352,16 @@ impl Store {
         )
         .to_string();
         let sql = format!(
-            "UPDATE task SET status = 'RUNNING', attempts = task.attempts + 1, lease_until = $1, started_at = $2, \
-               error = NULL \
-             FROM (SELECT DISTINCT ON (id) id, fence, idx FROM json_to_recordset($3::json) AS r(id uuid, fence int, \
+            "UPDATE task SET {RUN_CLAIM_SET} \
+             FROM (SELECT DISTINCT ON (id) id, fence, idx FROM json_to_recordset(?::json) AS r(id uuid, fence int, \
                idx int) ORDER BY id, idx) AS v \
-             WHERE task.id = ANY($4::uuid[]) AND task.id = v.id AND task.attempts = v.fence \
-               AND task.status IN {RUN_STATUSES} AND EXISTS (\
-               SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING') \
+             WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.fence \
+               AND task.status IN {RUN_STATUSES} AND {WORKFLOW_RUNNING} \
              RETURNING {RUN_CLAIM_COLUMNS}, v.idx"
         );
         let ids = super::bulk::uuid_array(runs.iter().map(|(_, d)| d.task_id.0));
-        let values: [Value; 4] = [(now + lease_us).into(), now.into(), body.into(), ids.into()];
-        let rows = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        let values = vec![(now + lease_us).into(), now.into(), body.into(), ids.into()];
+        let rows = txn.query_all_raw(self.db.stmt(&sql, values)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let idx: i32 = row.try_get_by_index(9)?;
@@ -408,8 +373,8 @@ impl Store {
         Ok(out.into_iter().map(|(_, d, row)| (d, row)).collect())
     }
 
-    /// Results of the named tasks of a workflow, as a JSON object by key.
-    async fn results_of(&self, wf: WorkflowId, keys: &[String]) -> Result<Json, Error> {
+    /// Results of the named tasks of a workflow, by key.
+    async fn results_of(&self, wf: WorkflowId, keys: &[String]) -> Result<serde_json::Map<String, Json>, Error> {
         let mut map = serde_json::Map::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut values: Vec<Value> = vec![wf.0.into()];
@@ -432,7 +397,7 @@ impl Store {
                 map.insert(key, result.unwrap_or(Json::Null));
             }
         }
-        Ok(Json::Object(map))
+        Ok(map)
     }
 
     /// Extends the leases of attempts still held; returns the tasks whose attempt is no longer held (cancelled,
@@ -482,4 +447,55 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A run-phase claim from a row starting with [`RUN_CLAIM_COLUMNS`]; `inputs` holds the dependencies' names until
+/// [`Store::fill_inputs`].
+fn run_claimed(row: &QueryResult, task_id: TaskId, workflow_id: WorkflowId, now: i64) -> Result<Claimed, Error> {
+    let payload: Option<Json> = row.try_get_by_index(2)?;
+    Ok(Claimed {
+        task_id,
+        workflow_id,
+        key: row.try_get_by_index(0)?,
+        kind: row.try_get_by_index(1)?,
+        phase: Phase::Run,
+        attempt: row.try_get_by_index(3)?,
+        payload: payload.unwrap_or(Json::Null),
+        inputs: row.try_get_by_index(6)?,
+        idempotency_key: row.try_get_by_index(4)?,
+        timeout_ms: row.try_get_by_index(5)?,
+        queue_wait_us: (now - row.try_get_by_index::<i64>(7)?).max(0),
+        has_dependents: row.try_get_by_index(8)?,
+    })
+}
+
+/// A compensation claim from a row of `key, comp_kind, compensation, comp_attempts, idempotency_key, timeout_ms,
+/// payload, result`: the handler gets the compensation's payload, and the original payload and result as inputs.
+fn compensation_claimed(row: &QueryResult, d: &Dispatch) -> Result<Claimed, Error> {
+    let compensation: Option<Json> = row.try_get_by_index(2)?;
+    let original_payload: Option<Json> = row.try_get_by_index(6)?;
+    let original_result: Option<Json> = row.try_get_by_index(7)?;
+    let kind: Option<String> = row.try_get_by_index(1)?;
+    Ok(Claimed {
+        task_id: d.task_id,
+        workflow_id: d.workflow_id,
+        key: row.try_get_by_index(0)?,
+        kind: kind.unwrap_or_default(),
+        phase: Phase::Compensate,
+        attempt: row.try_get_by_index(3)?,
+        payload: compensation.and_then(|c| c.get("payload").cloned()).unwrap_or(Json::Null),
+        inputs: serde_json::json!({
+            "payload": original_payload.unwrap_or(Json::Null),
+            "result": original_result.unwrap_or(Json::Null),
+        }),
+        idempotency_key: row.try_get_by_index(4)?,
+        timeout_ms: row.try_get_by_index(5)?,
+        queue_wait_us: 0,
+        has_dependents: false,
+    })
+}
+
+/// TASK_STARTED of a claimed run attempt.
+pub(crate) fn started_event(c: &Claimed) -> NewEvent {
+    NewEvent::task(EventType::TaskStarted, c.key.clone()).with_data(serde_json::json!({ "attempt": c.attempt }))
 }

@@ -2,13 +2,13 @@
 //! (retry, or fail the workflow / start the saga), release, and the saga's progress. Each batch is one
 //! transaction.
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, TransactionTrait, Value};
 use serde_json::{Value as Json, json};
 use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
 use uuid::Uuid;
 
-use super::exec::{Continuation, Outcome, OutcomeKind, Report};
+use super::exec::{Continuation, Outcome, OutcomeKind, Report, started_event};
 use super::{Store, keys_in_order};
 use crate::db::placeholders;
 use crate::error::Error;
@@ -80,8 +80,7 @@ impl Store {
             report.continued = self.claim_ready(&txn, ready, cont, now, lease_us).await?;
             report.made_ready -= report.continued.len();
             for c in &report.continued {
-                let started = NewEvent::task(EventType::TaskStarted, c.key.clone());
-                report.pending.extend(c.workflow_id.0, [started.with_data(json!({ "attempt": c.attempt }))]);
+                report.pending.extend(c.workflow_id.0, [started_event(c)]);
             }
         }
         let pending = std::mem::take(&mut report.pending);
@@ -147,19 +146,22 @@ impl Store {
             })
             .collect();
         let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
-                     finished_at = $1 \
-                   FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset($2::json) \
+                     finished_at = ? \
+                   FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset(?::json) \
                      AS r(id uuid, attempt int, result json, idx int) ORDER BY id, idx) AS v \
-                   WHERE task.id = ANY($3::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
+                   WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
                      AND task.status = 'RUNNING' \
                    RETURNING task.workflow_id, task.key, task.dependents, v.idx";
-        let values: [Value; 3] = [now.into(), Json::Array(rows).to_string().into(), ids.into()];
-        let mut done = txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-        report.stale += attempts.len() - done.len();
+        let values = vec![now.into(), Json::Array(rows).to_string().into(), ids.into()];
+        let rows = txn.query_all_raw(self.db.stmt(sql, values)).await?;
+        report.stale += attempts.len() - rows.len();
         // In the order the outcomes were reported (RETURNING has no order of its own).
-        done.sort_by_cached_key(|row| row.try_get_by_index::<i32>(3).unwrap_or(i32::MAX));
-        for row in done {
-            let idx: i32 = row.try_get_by_index(3)?;
+        let mut done = rows
+            .into_iter()
+            .map(|row| Ok((row.try_get_by_index::<i32>(3)?, row)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        done.sort_by_key(|(idx, _)| *idx);
+        for (idx, row) in done {
             let attempt = usize::try_from(idx).ok().and_then(|i| attempts.get(i)).copied();
             let attempt = attempt.ok_or_else(|| Error::corrupt("completion index"))?;
             self.completed(txn, &row, attempt, now, report).await?;

@@ -129,7 +129,7 @@ impl Store {
             return Err(err.into());
         }
         if self.db.backend == sea_orm::DbBackend::Postgres {
-            let rows = rows.iter().map(task_json).collect();
+            let rows = rows.iter().map(task_json).collect::<Result<_, _>>()?;
             super::bulk::insert_json(&txn, "task", &super::bulk::TASK, rows).await?;
         } else {
             let mut rows = rows.into_iter().map(IntoActiveModel::into_active_model).peekable();
@@ -170,39 +170,11 @@ impl Store {
     }
 }
 
-/// A task row as a JSON object keyed by column, for `bulk::insert_json`.
-fn task_json(t: &task::Model) -> serde_json::Map<String, Json> {
-    let mut m = serde_json::Map::with_capacity(28);
-    let mut put = |k: &str, v: Json| {
-        m.insert(k.to_owned(), v);
-    };
-    put("id", t.id.to_string().into());
-    put("workflow_id", t.workflow_id.to_string().into());
-    put("key", t.key.clone().into());
-    put("kind", t.kind.clone().into());
-    put("position", t.position.into());
-    put("status", t.status.clone().into());
-    put("payload", t.payload.clone().unwrap_or(Json::Null));
-    put("result", t.result.clone().unwrap_or(Json::Null));
-    put("error", t.error.clone().into());
-    put("depends_on", t.depends_on.clone());
-    put("dependents", t.dependents.clone());
-    put("pending_deps", t.pending_deps.into());
-    put("priority", t.priority.into());
-    put("attempts", t.attempts.into());
-    put("attempt_base", t.attempt_base.into());
-    put("retry", t.retry.clone());
-    put("timeout_ms", t.timeout_ms.into());
-    put("idempotency_key", t.idempotency_key.clone().into());
-    put("compensation", t.compensation.clone().unwrap_or(Json::Null));
-    put("comp_kind", t.comp_kind.clone().into());
-    put("comp_attempts", t.comp_attempts.into());
-    put("comp_attempt_base", t.comp_attempt_base.into());
-    put("available_at", t.available_at.into());
-    put("dispatched_until", t.dispatched_until.into());
-    put("lease_until", t.lease_until.into());
-    put("queued_at", t.queued_at.into());
-    put("started_at", t.started_at.into());
-    put("finished_at", t.finished_at.into());
-    m
+/// A task row as a JSON object keyed by column (the model's field names are its column names), for
+/// `bulk::insert_json`; a `None` is JSON null, which `json_to_recordset` reads as SQL NULL.
+fn task_json(t: &task::Model) -> Result<serde_json::Map<String, Json>, Error> {
+    match serde_json::to_value(t).map_err(Error::corrupt)? {
+        Json::Object(m) => Ok(m),
+        other => Err(Error::corrupt(format!("a task row serialised as {other}"))),
+    }
 }
