@@ -1,0 +1,155 @@
+//! Starting a claimed attempt and running it: handler, timeout, cancellation, metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskorch_engine::Phase;
+use taskorch_engine::store::{Claimed, Outcome, OutcomeKind};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Ack, Held, HeldAttempt, Reported};
+use crate::registry::{Registry, TaskContext};
+
+/// Starts claimed attempts: shared by the claim loop and the reporter's continuations.
+#[derive(Clone)]
+pub(super) struct Launcher {
+    pub(super) registry: Arc<Registry>,
+    pub(super) held: Held,
+    pub(super) abort: CancellationToken,
+}
+
+impl Launcher {
+    /// Runs `task` holding `permit` (a worker slot); its outcome goes to `report_tx` with `ack`.
+    pub(super) fn start(
+        &self,
+        task: Claimed,
+        permit: OwnedSemaphorePermit,
+        ack: Option<Ack>,
+        parent: Option<&str>,
+        report_tx: mpsc::UnboundedSender<Reported>,
+    ) {
+        let lost = CancellationToken::new();
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(
+                task.task_id,
+                HeldAttempt {
+                    phase: task.phase,
+                    attempt: task.attempt,
+                    lost: lost.clone(),
+                    workflow_id: task.workflow_id,
+                    key: task.key.clone(),
+                },
+            );
+        }
+        let registry = self.registry.clone();
+        let held = self.held.clone();
+        let abort = self.abort.clone();
+        let span = tracing::info_span!(
+            "task.execute",
+            workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
+        );
+        // The dispatch span (possibly in another process) is the parent, through the message.
+        taskorch_engine::trace::set_parent(&span, parent);
+        let execute_trace = taskorch_engine::trace::traceparent(&span);
+        let (continues, workflow_id) = (task.has_dependents, task.workflow_id);
+        tokio::spawn(
+            async move {
+                let id = task.task_id;
+                let outcome = execute(task, &registry, lost.clone(), abort).await;
+                if let Ok(mut h) = held.lock() {
+                    h.remove(&id);
+                }
+                // A lost attempt's result is not reported: the store would refuse it anyway.
+                if !lost.is_cancelled() {
+                    let _ = report_tx.send(Reported { outcome, ack, trace: execute_trace, workflow_id, continues });
+                } else if let Some(ack) = ack {
+                    ack.ack().await;
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, abort: CancellationToken) -> Outcome {
+    let cancel = CancellationToken::new();
+    let ctx = TaskContext {
+        workflow_id: task.workflow_id,
+        task_id: task.task_id,
+        key: task.key.clone(),
+        kind: task.kind.clone(),
+        phase: task.phase,
+        payload: task.payload,
+        inputs: task.inputs,
+        attempt: task.attempt.max(1) as u32,
+        idempotency_key: task.idempotency_key,
+        cancel: cancel.clone(),
+    };
+    let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
+    let phase = match task.phase {
+        Phase::Run => "run",
+        Phase::Compensate => "compensate",
+    };
+    if task.phase == Phase::Run {
+        metrics::histogram!("taskorch_task_queue_wait_seconds", "kind" => task.kind.clone())
+            .record(task.queue_wait_us as f64 / 1e6);
+    }
+    let started = std::time::Instant::now();
+    let record = |label: &'static str| {
+        metrics::counter!("taskorch_task_executions_total", "kind" => task.kind.clone(), "outcome" => label, "phase" => phase)
+            .increment(1);
+        metrics::histogram!("taskorch_task_duration_seconds", "kind" => task.kind.clone(), "phase" => phase)
+            .record(started.elapsed().as_secs_f64());
+    };
+    let Some(handler) = registry.get(&task.kind) else {
+        record("failed");
+        return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
+    };
+    let run = tokio::spawn(async move { handler.run(ctx).await });
+    let timeout = task.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let timed = async {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, run).await.ok(),
+            None => Some(run.await),
+        }
+    };
+    let result = tokio::select! {
+        r = timed => r,
+        _ = lost.cancelled() => {
+            cancel.cancel();
+            record("cancelled");
+            return outcome(OutcomeKind::Failed("cancelled".into()));
+        }
+        _ = abort.cancelled() => {
+            cancel.cancel();
+            record("released");
+            return outcome(OutcomeKind::Released);
+        }
+    };
+    let timed_out = result.is_none();
+    let kind = match result {
+        None => {
+            cancel.cancel();
+            record("timed_out");
+            OutcomeKind::Failed(format!("timed out after {} ms", task.timeout_ms.unwrap_or_default()))
+        }
+        Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
+        Some(Ok(Err(e))) => OutcomeKind::Failed(e.0),
+        Some(Ok(Ok(value))) => OutcomeKind::Completed(value),
+    };
+    match &kind {
+        OutcomeKind::Failed(error) if !timed_out => {
+            record("failed");
+            tracing::info!(error = %error, "attempt failed");
+        }
+        OutcomeKind::Completed(_) => {
+            record("completed");
+            tracing::info!("attempt completed");
+        }
+        _ => tracing::info!("attempt failed"),
+    }
+    outcome(kind)
+}
