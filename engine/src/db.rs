@@ -143,8 +143,35 @@ fn sqlite_options(url: &str, connections: u32) -> ConnectOptions {
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
                 .statement_cache_capacity(256)
-        });
+        })
+        .map_sqlx_sqlite_pool_opts(|pool| pool.after_connect(|conn, _| Box::pin(stable_plans(conn))));
     opts
+}
+
+/// Turns on SQLite's query planner stability guarantee for a connection. Without it SQLite (3.47+) re-plans a
+/// statement whenever a new value is bound to a parameter its plan looked at — a bound `LIMIT ?`, which every
+/// `.one()` and every page has — so each execution of a cached statement was a full re-prepare. With it a statement
+/// keeps the plan it was prepared with; plans do not depend on bound values here (partial-index conditions are
+/// literals in the SQL).
+async fn stable_plans(conn: &mut sea_orm::sqlx::SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is a live connection that no other thread uses while the handle is locked; this option takes an
+    // int (1: on) and an int pointer for the new setting, which may be null.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_db_config(
+            db,
+            libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+            1 as std::ffi::c_int,
+            std::ptr::null_mut::<std::ffi::c_int>(),
+        )
+    };
+    if rc != libsqlite3_sys::SQLITE_OK {
+        return Err(sea_orm::sqlx::Error::Configuration(
+            format!("could not enable SQLite's query planner stability guarantee (code {rc})").into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A URL without its password, for messages.
@@ -203,6 +230,49 @@ mod tests {
         assert_eq!(s.sql, "SELECT $1 WHERE a IN ($2, $3)");
         let s = stmt(DbBackend::Sqlite, "SELECT ?", vec![1.into()]);
         assert_eq!(s.sql, "SELECT ?");
+    }
+
+    /// How often the statements prepared on a pooled SQLite connection were re-prepared.
+    async fn reprepares(pool: &sea_orm::sqlx::SqlitePool) -> i64 {
+        let mut conn = pool.acquire().await.expect("connection");
+        let mut handle = conn.lock_handle().await.expect("handle");
+        let db = handle.as_raw_handle().as_ptr();
+        let mut total = 0;
+        // SAFETY: the handle is locked (no other thread uses the connection); statements are only inspected.
+        unsafe {
+            let mut stmt = libsqlite3_sys::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !stmt.is_null() {
+                total +=
+                    libsqlite3_sys::sqlite3_stmt_status(stmt, libsqlite3_sys::SQLITE_STMTSTATUS_REPREPARE, 0) as i64;
+                stmt = libsqlite3_sys::sqlite3_next_stmt(db, stmt);
+            }
+        }
+        total
+    }
+
+    #[tokio::test]
+    async fn a_cached_sqlite_statement_with_a_bound_limit_is_not_prepared_again() {
+        let dir = std::env::temp_dir().join(format!("taskorch-qpsg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+        let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        // Schema changes (the migrations) do expire statements: count only what the loop adds.
+        let before = reprepares(db.write.get_sqlite_connection_pool()).await;
+        for limit in 1..=20i64 {
+            let rows = db
+                .write
+                .query_all_raw(stmt(
+                    DbBackend::Sqlite,
+                    "SELECT version FROM seaql_migrations LIMIT ?",
+                    vec![limit.into()],
+                ))
+                .await
+                .expect("query");
+            assert!(!rows.is_empty());
+        }
+        assert_eq!(reprepares(db.write.get_sqlite_connection_pool()).await - before, 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod db;
 pub mod dispatcher;
 pub mod error;
 pub mod model;
+mod publisher;
 pub mod queue;
 pub mod ratelimit;
 mod redis_client;

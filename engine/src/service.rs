@@ -1,16 +1,17 @@
 //! The use cases, over the store, the event bus and the dispatcher's wake-up signal.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use taskorch_domain::lifecycle::Action;
-use taskorch_domain::{EventType, Limits, TenantId, WorkflowId, WorkflowSpec, dag};
+use taskorch_domain::{Limits, TenantId, WorkflowId, WorkflowSpec, dag};
 use tokio::sync::Notify;
 
 use crate::bus::EventBus;
 use crate::cache::{NoCache, ReadCache};
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
+use crate::publisher::Publisher;
 use crate::queue::{Dispatch, Phase};
 use crate::snapshot::SnapshotCache;
 use crate::store::{Claimed, Continuation, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
@@ -52,6 +53,7 @@ struct Inner {
     snapshot: Option<Arc<SnapshotCache>>,
     opts: EngineOptions,
     wake: Notify,
+    publisher: OnceLock<Publisher>,
 }
 
 /// The application service shared by the API and the workers.
@@ -79,7 +81,17 @@ impl Engine {
         opts: EngineOptions,
     ) -> Self {
         let snapshot = snapshot.map(Arc::new);
-        Self { inner: Arc::new(Inner { store, bus, cache, snapshot, opts, wake: Notify::new() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                cache,
+                snapshot,
+                opts,
+                wake: Notify::new(),
+                publisher: OnceLock::new(),
+            }),
+        }
     }
 
     /// The embedded default's snapshot cache, shared with authentication (API keys).
@@ -87,38 +99,22 @@ impl Engine {
         self.inner.snapshot.clone()
     }
 
-    /// Publishes committed events, first marking cached reads of their workflows stale.
+    /// The ordered publisher, started on first use (inside the runtime).
+    fn publisher(&self) -> &Publisher {
+        self.inner.publisher.get_or_init(|| Publisher::start(self.inner.bus.clone(), self.inner.cache.clone()))
+    }
+
+    /// Publishes committed events (cached reads of their workflows marked stale first) after every batch queued
+    /// before them; returns once they are on the bus.
     async fn publish(&self, events: Vec<EventRecord>) {
-        if events.is_empty() {
-            return;
+        if !events.is_empty() {
+            self.publisher().publish(events).await;
         }
-        let mut newest: std::collections::HashMap<WorkflowId, i64> = std::collections::HashMap::new();
-        for e in &events {
-            let n = newest.entry(e.workflow_id).or_default();
-            *n = (*n).max(e.sequence);
-        }
-        let newest: Vec<_> = newest.into_iter().collect();
-        for e in &events {
-            match e.event_type {
-                EventType::TaskRetrying => metrics::counter!("taskorch_task_retries_total").increment(1),
-                EventType::TaskCompensated => {
-                    metrics::counter!("taskorch_compensations_total", "outcome" => "compensated").increment(1)
-                }
-                EventType::TaskCompensationFailed => {
-                    metrics::counter!("taskorch_compensations_total", "outcome" => "failed").increment(1)
-                }
-                EventType::WorkflowCompleted
-                | EventType::WorkflowFailed
-                | EventType::WorkflowCompensated
-                | EventType::WorkflowCancelled => {
-                    metrics::counter!("taskorch_workflows_finished_total", "event" => e.event_type.as_str())
-                        .increment(1)
-                }
-                _ => {}
-            }
-        }
-        self.inner.cache.invalidate(&newest).await;
-        self.inner.bus.publish(events);
+    }
+
+    /// Waits until every event queued so far is on the bus (before a worker stops).
+    pub async fn flush_events(&self) {
+        self.publisher().publish(Vec::new()).await;
     }
 
     pub fn store(&self) -> &Store {
@@ -302,7 +298,8 @@ impl Engine {
         let lease_us = self.inner.opts.lease.as_micros() as i64;
         let mut report = self.inner.store.report(outcomes, &mut jitter, cont, lease_us).await?;
         start(std::mem::take(&mut report.continued));
-        self.publish(std::mem::take(&mut report.events)).await;
+        // The reporter's next commit does not wait for the bus (nor the Redis round trip before it).
+        self.publisher().publish_detached(std::mem::take(&mut report.events)).await;
         if report.made_ready > 0 {
             self.wake_dispatcher();
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use async_graphql::{BatchRequest, BatchResponse};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLRequest, GraphQLResponse};
 use axum::extract::{ConnectInfo, FromRequestParts, State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
@@ -281,21 +281,19 @@ async fn graphql_ws(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    protocol: GraphQLProtocol,
+    protocol: crate::ws::Protocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let from_headers = auth::credential_from_headers(&headers);
     let max_message = state.max_message;
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(max_message).on_upgrade(move |socket| {
         let auth = state.auth.clone();
-        GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-            .on_connection_init(move |payload| async move {
-                let credential = auth::credential_from_payload(&payload).or(from_headers);
-                let mut data = async_graphql::Data::default();
-                data.insert(auth::caller(&auth, credential, ip).await);
-                Ok(data)
-            })
-            .serve()
+        crate::ws::serve(socket, state.schema.clone(), protocol, move |payload| async move {
+            let credential = auth::credential_from_payload(&payload).or(from_headers);
+            let mut data = async_graphql::Data::default();
+            data.insert(auth::caller(&auth, credential, ip).await);
+            Ok(data)
+        })
     })
 }
 

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod playground;
 pub mod security;
 pub mod telemetry;
+pub mod ws;

@@ -2,7 +2,7 @@
 //! GraphQL extension that times requests by operation type and name.
 
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery};
@@ -27,12 +27,13 @@ pub struct RequestMetrics;
 
 impl ExtensionFactory for RequestMetrics {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestMetricsExtension { operation: Mutex::new(("query", "anonymous".to_owned())) })
+        Arc::new(RequestMetricsExtension { operation: OnceLock::new() })
     }
 }
 
 struct RequestMetricsExtension {
-    operation: Mutex<(&'static str, String)>,
+    /// The operation's type and name label, set once the document is parsed.
+    operation: OnceLock<(&'static str, String)>,
 }
 
 /// Operation names come from clients: only short identifiers become label values.
@@ -60,9 +61,7 @@ impl Extension for RequestMetricsExtension {
                 OperationType::Mutation => "mutation",
                 OperationType::Subscription => "subscription",
             };
-            if let Ok(mut o) = self.operation.lock() {
-                *o = (ty, label(name.map(|n| n.as_str())));
-            }
+            let _ = self.operation.set((ty, label(name.map(|n| n.as_str()))));
         }
         Ok(doc)
     }
@@ -73,13 +72,15 @@ impl Extension for RequestMetricsExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        // Runs once per query or mutation, and once per item of a subscription (not measured).
+        if self.operation.get().is_some_and(|(ty, _)| *ty == "subscription") {
+            return next.run(ctx, operation_name).await;
+        }
         let start = Instant::now();
         let response = next.run(ctx, operation_name).await;
-        let (ty, name) = self.operation.lock().map(|o| o.clone()).unwrap_or(("query", "anonymous".to_owned()));
-        if ty != "subscription" {
-            metrics::histogram!("taskorch_graphql_request_duration_seconds", "type" => ty, "name" => name)
-                .record(start.elapsed().as_secs_f64());
-        }
+        let (ty, name) = self.operation.get().cloned().unwrap_or(("query", "anonymous".to_owned()));
+        metrics::histogram!("taskorch_graphql_request_duration_seconds", "type" => ty, "name" => name)
+            .record(start.elapsed().as_secs_f64());
         response
     }
 }

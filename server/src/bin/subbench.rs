@@ -36,11 +36,52 @@ struct Args {
     hold_ms: u64,
 }
 
+/// The parts of a graphql-transport-ws message the bench reads (borrowed: the client parses 200,000 of them on the
+/// server's cores).
+#[derive(serde::Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    payload: Option<Payload<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    data: Option<EventData<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventData<'a> {
+    #[serde(rename = "workflowEvents", borrow)]
+    workflow_events: Option<Event<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    at: &'a str,
+}
+
 fn rss_mib(pid: Option<u32>) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let kib: f64 =
         status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds (Linux clock ticks of 1/100 s).
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name: state is the 3rd field, utime the 14th, stime the 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 async fn gql(http: &reqwest::Client, args: &Args, query: &str, variables: Value) -> anyhow::Result<Value> {
@@ -107,13 +148,13 @@ async fn main() -> anyhow::Result<()> {
             let mut subscribed_at: Option<chrono::DateTime<chrono::Utc>> = None;
             while let Some(Ok(msg)) = ws.next().await {
                 let Message::Text(text) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-                match v["type"].as_str() {
-                    Some("next") => {
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
+                match msg.kind {
+                    "next" => {
                         let now = chrono::Utc::now();
                         let since = *subscribed_at.get_or_insert(now);
-                        let at = v["payload"]["data"]["workflowEvents"]["at"].as_str().unwrap_or_default();
-                        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(at) {
+                        let at = msg.payload.and_then(|p| p.data).and_then(|d| d.workflow_events).map(|e| e.at);
+                        if let Some(Ok(at)) = at.map(chrono::DateTime::parse_from_rfc3339) {
                             let at = at.with_timezone(&chrono::Utc);
                             // Events committed after this connection's first message are live, not replayed.
                             let live = at > since;
@@ -121,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                             let _ = tx.send((delay, live));
                         }
                     }
-                    Some("complete") => {
+                    "complete" => {
                         completed += 1;
                         if completed == n {
                             break;
@@ -142,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         rss_mib(args.pid).unwrap_or(f64::NAN)
     );
     let mut peak = rss_mib(args.pid).unwrap_or(0.0);
+    let (server_cpu, client_cpu) = (cpu_secs(args.pid), cpu_secs(None));
     let mut done = 0;
     while done < connections {
         tokio::select! {
@@ -158,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     live.sort_by(|a, b| a.total_cmp(b));
+    let used = |before: Option<f64>, pid| Some(cpu_secs(pid)? - before?);
     let pct = |p: f64| live.get(((live.len() as f64 * p) as usize).min(live.len().saturating_sub(1))).copied();
     println!(
         "events delivered: {total} ({} live); live delivery delay p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
@@ -166,6 +209,12 @@ async fn main() -> anyhow::Result<()> {
         pct(0.5).unwrap_or(f64::NAN),
         pct(0.99).unwrap_or(f64::NAN),
         live.last().copied().unwrap_or(f64::NAN)
+    );
+    // Everything after the subscriptions were open: the workflows' runs and the delivery of their events.
+    println!(
+        "CPU while streaming: server {:.2} s, this client {:.2} s",
+        used(server_cpu, args.pid).unwrap_or(f64::NAN),
+        used(client_cpu, None).unwrap_or(f64::NAN)
     );
     Ok(())
 }

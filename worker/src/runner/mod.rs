@@ -179,6 +179,8 @@ pub async fn run_worker(
     let _ = signals.await;
     drop(report_tx);
     let _ = reporter.await;
+    // The reporter's events are published in the background: out before the worker stops.
+    engine.flush_events().await;
 }
 
 async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) -> Option<Vec<Claimed>> {

@@ -27,8 +27,8 @@ pub struct EventFilter {
 pub struct EventSubscription;
 
 const REPLAY_PAGE: u64 = 1000;
-/// Without any event for this long, a subscriber re-reads the log itself (the hub polls it for everyone more
-/// often; this is the safety net).
+/// Without any event for this long, a subscriber compares what it has seen with what the hub knows of its workflow
+/// (the hub polls the log for everyone) and re-reads the log if it missed something: the safety net.
 const LOG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[Subscription]
@@ -48,7 +48,7 @@ impl EventSubscription {
         let tenant = principal.tenant;
         let engine = ctx.data::<Engine>()?.clone();
         // Subscribe before reading the log so nothing falls between the two.
-        let hub = ctx.data::<EventHub>()?;
+        let hub = ctx.data::<EventHub>()?.clone();
         let mut live = hub.subscribe(id);
         let Some(current) = engine.workflow_of(tenant, id).await.map_err(from_engine)? else {
             return Err(crate::error::api_error(
@@ -67,7 +67,7 @@ impl EventSubscription {
                     let Ok(page) = engine.events(id, last, REPLAY_PAGE).await else { break 'outer };
                     let n = page.len() as u64;
                     let mut completed = false;
-                    for e in &page {
+                    for e in page {
                         last = e.sequence;
                         completed |= e.event_type == taskorch_domain::EventType::WorkflowCompleted;
                         yield Ok(WorkflowEvent::from(e));
@@ -82,22 +82,42 @@ impl EventSubscription {
                 if is_finished(&engine, id).await {
                     // Drain what committed between the read above and the status check.
                     if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
-                        for e in &rest {
+                        for e in rest {
                             yield Ok(WorkflowEvent::from(e));
                         }
                     }
                     break;
                 }
                 // Live.
+                // One timer for the quiet period, re-armed only when it fires (not one per event).
+                let quiet = tokio::time::sleep(LOG_POLL);
+                tokio::pin!(quiet);
+                let mut heard = tokio::time::Instant::now();
                 loop {
                     // Events committed by another process reach this one only through a shared bus; without
                     // one, a quiet period falls back to reading the log.
-                    let received = tokio::time::timeout(LOG_POLL, live.recv()).await;
+                    let received = tokio::select! {
+                        biased;
+                        r = live.recv() => Some(r),
+                        _ = &mut quiet => None,
+                    };
                     if !credential.still_valid().await {
                         yield Err(LiveCredential::expired());
                         break 'outer;
                     }
-                    let Ok(received) = received else { continue 'outer };
+                    let Some(received) = received else {
+                        // Quiet: only if the hub (which polls the log for every watched workflow) knows of a later
+                        // event than this stream has seen, something was missed; then the log is read again.
+                        if heard.elapsed() >= LOG_POLL {
+                            if hub.newest(id).is_none_or(|n| n > last) {
+                                continue 'outer;
+                            }
+                            heard = tokio::time::Instant::now();
+                        }
+                        quiet.as_mut().reset(heard + LOG_POLL);
+                        continue;
+                    };
+                    heard = tokio::time::Instant::now();
                     match received {
                         Ok(e) if e.workflow_id == id => {
                             if e.sequence <= last {
@@ -107,16 +127,17 @@ impl EventSubscription {
                                 continue 'outer; // a gap: re-read from the log
                             }
                             last = e.sequence;
-                            let terminal = e.event_type.is_terminal() || e.event_type == taskorch_domain::EventType::TaskCompensationFailed;
-                            yield Ok(WorkflowEvent::from(e.as_ref()));
-                            if e.event_type == taskorch_domain::EventType::WorkflowCompleted {
+                            let event_type = e.event_type;
+                            let terminal = event_type.is_terminal() || event_type == taskorch_domain::EventType::TaskCompensationFailed;
+                            yield Ok(WorkflowEvent::from(e));
+                            if event_type == taskorch_domain::EventType::WorkflowCompleted {
                                 // Final for good, and always the last event of its commit: nothing to read.
                                 break 'outer;
                             }
                             if terminal && is_finished(&engine, id).await {
                                 // Events of the same commit may follow the terminal one in the log.
                                 if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
-                                    for e in &rest {
+                                    for e in rest {
                                         yield Ok(WorkflowEvent::from(e));
                                     }
                                 }
@@ -169,7 +190,7 @@ impl EventSubscription {
                         if types.as_ref().is_some_and(|t| !t.contains(&e.event_type)) {
                             continue;
                         }
-                        yield Ok(WorkflowEvent::from(e.as_ref()));
+                        yield Ok(WorkflowEvent::from(e));
                     }
                     Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "firehose subscriber lagged"),
                     Err(RecvError::Closed) => break,

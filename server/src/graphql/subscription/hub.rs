@@ -78,6 +78,11 @@ impl EventHub {
         }
     }
 
+    /// The newest sequence of a watched workflow the hub knows of (forwarded, or seen in the log).
+    pub fn newest(&self, id: WorkflowId) -> Option<i64> {
+        self.lock().get(&id).and_then(|t| t.last)
+    }
+
     fn forward(&self, e: Arc<EventRecord>) {
         let mut topics = self.lock();
         let Some(topic) = topics.get_mut(&e.workflow_id) else { return };

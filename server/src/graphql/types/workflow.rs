@@ -58,6 +58,6 @@ impl Workflow {
     async fn events(&self, ctx: &Context<'_>, after_sequence: Option<i64>) -> Result<Vec<WorkflowEvent>> {
         let engine = ctx.data::<Engine>()?;
         let events = engine.events(self.0.id, after_sequence.unwrap_or(0), u64::MAX >> 1).await.map_err(from_engine)?;
-        Ok(events.iter().map(WorkflowEvent::from).collect())
+        Ok(events.into_iter().map(WorkflowEvent::from).collect())
     }
 }
