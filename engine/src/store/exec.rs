@@ -68,6 +68,8 @@ pub struct Report {
     pub(crate) ready: Vec<(Uuid, String)>,
     /// Events and counters written once at the end of the batch.
     pub(crate) pending: Pending,
+    /// Results of this batch's completions that have dependents, by workflow and key.
+    pub(crate) results: HashMap<(Uuid, String), Json>,
 }
 
 /// Lets the worker that reports a batch claim, in the same transaction, up to `max` of the dependents its
@@ -251,14 +253,18 @@ impl Store {
         }
         let events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
-        self.fill_inputs(&mut claimed).await?;
+        self.fill_inputs(&mut claimed, &HashMap::new()).await?;
         Ok((claimed, events))
     }
 
     /// Inputs: the results of each run-phase task's dependencies (claimed with their names as `inputs`), read after
-    /// the claim committed.
+    /// the claim committed, except those `known` (completed in the claiming transaction itself).
     /// One read per workflow, however many of its tasks were claimed together (a fan-in's dependents).
-    pub(crate) async fn fill_inputs(&self, claimed: &mut [Claimed]) -> Result<(), Error> {
+    pub(crate) async fn fill_inputs(
+        &self,
+        claimed: &mut [Claimed],
+        known: &HashMap<(Uuid, String), Json>,
+    ) -> Result<(), Error> {
         let mut deps_of: Vec<Vec<String>> = Vec::with_capacity(claimed.len());
         let mut wanted: HashMap<WorkflowId, BTreeSet<String>> = HashMap::new();
         for c in claimed.iter_mut() {
@@ -273,7 +279,21 @@ impl Store {
         }
         let mut results: HashMap<WorkflowId, serde_json::Map<String, Json>> = HashMap::with_capacity(wanted.len());
         for (wf, keys) in wanted {
-            results.insert(wf, self.results_of(wf, &keys.into_iter().collect::<Vec<_>>()).await?);
+            let mut have = serde_json::Map::new();
+            let mut missing = Vec::with_capacity(keys.len());
+            for k in keys {
+                let key = (wf.0, k);
+                match known.get(&key) {
+                    Some(result) => {
+                        have.insert(key.1, result.clone());
+                    }
+                    None => missing.push(key.1),
+                }
+            }
+            if !missing.is_empty() {
+                have.extend(self.results_of(wf, &missing).await?);
+            }
+            results.insert(wf, have);
         }
         for (c, deps) in claimed.iter_mut().zip(deps_of) {
             if c.phase == Phase::Run {

@@ -107,8 +107,9 @@ impl Pending {
 }
 
 impl Store {
-    /// Writes a batch's events and counters: one `UPDATE workflow` per workflow (sequence numbers and completed
-    /// count, plus its completion when every task is done) and one multi-row `INSERT` for all events.
+    /// Writes a batch's events and counters: the workflows' sequence numbers and completed counts (one `UPDATE` per
+    /// workflow, or one for all of them on PostgreSQL), each workflow's completion when every task is done, and one
+    /// multi-row `INSERT` for all events.
     pub(crate) async fn flush<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -119,27 +120,25 @@ impl Store {
         // Workflow rows are locked in id order by every transaction, so concurrent batches never deadlock on them.
         let mut order = std::mem::take(&mut pending.order);
         order.sort_unstable();
-        for wf in order {
-            let mut events = pending.events.remove(&wf).unwrap_or_default();
-            let done = pending.completed.get(&wf).copied().unwrap_or(0);
-            if events.is_empty() && done == 0 {
-                continue;
-            }
-            let row = conn
-                .query_one_raw(self.db.stmt(
-                    "UPDATE workflow SET last_sequence = last_sequence + ?, completed_count = completed_count + ?, \
-                       updated_at = ? WHERE id = ? RETURNING last_sequence, completed_count, task_count, status, name, tenant_id",
-                    vec![(events.len() as i64).into(), done.into(), now.into(), wf.into()],
-                ))
-                .await?
-                .ok_or_else(|| Error::corrupt(format!("workflow {wf} vanished")))?;
-            let mut last: i64 = row.try_get_by_index(0)?;
+        let work: Vec<(Uuid, Vec<NewEvent>, i32)> = order
+            .into_iter()
+            .map(|wf| {
+                let events = pending.events.remove(&wf).unwrap_or_default();
+                (wf, events, pending.completed.get(&wf).copied().unwrap_or(0))
+            })
+            .filter(|(_, events, done)| !events.is_empty() || *done > 0)
+            .collect();
+        let bumped: Vec<(i64, i32)> = work.iter().map(|(_, e, done)| (e.len() as i64, *done)).collect();
+        let mut rows = self.bump_workflows(conn, &work.iter().map(|w| w.0).collect::<Vec<_>>(), &bumped, now).await?;
+        for (wf, mut events, done) in work {
+            let row = rows.remove(&wf).ok_or_else(|| Error::corrupt(format!("workflow {wf} vanished")))?;
+            let mut last: i64 = row.try_get_by_index(1)?;
             let first = last - events.len() as i64 + 1;
-            let (completed, total): (i32, i32) = (row.try_get_by_index(1)?, row.try_get_by_index(2)?);
+            let (completed, total): (i32, i32) = (row.try_get_by_index(2)?, row.try_get_by_index(3)?);
             let status: taskorch_domain::WorkflowStatus =
-                row.try_get_by_index::<String>(3)?.parse().map_err(Error::corrupt)?;
-            let name: String = row.try_get_by_index(4)?;
-            let tenant_id = taskorch_domain::TenantId(row.try_get_by_index(5)?);
+                row.try_get_by_index::<String>(4)?.parse().map_err(Error::corrupt)?;
+            let name: String = row.try_get_by_index(5)?;
+            let tenant_id = taskorch_domain::TenantId(row.try_get_by_index(6)?);
             if done > 0
                 && completed == total
                 && matches!(status, taskorch_domain::WorkflowStatus::Running | taskorch_domain::WorkflowStatus::Paused)
@@ -166,6 +165,59 @@ impl Store {
         }
         insert_events(conn, &records, now).await?;
         Ok(records)
+    }
+
+    /// Adds `bumps[i]` = (events, completed tasks) to workflow `ids[i]` (sorted); returns each workflow's row after
+    /// the update: `id, last_sequence, completed_count, task_count, status, name, tenant_id`.
+    async fn bump_workflows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        ids: &[Uuid],
+        bumps: &[(i64, i32)],
+        now: i64,
+    ) -> Result<std::collections::HashMap<Uuid, sea_orm::QueryResult>, Error> {
+        const RETURNING: &str = "workflow.id, workflow.last_sequence, workflow.completed_count, workflow.task_count, \
+                                 workflow.status, workflow.name, workflow.tenant_id";
+        let mut rows = std::collections::HashMap::with_capacity(ids.len());
+        if self.db.backend == sea_orm::DbBackend::Postgres && ids.len() > 1 {
+            // One statement for every workflow of the batch (a batch of independent tasks spans many). The index
+            // scan over the sorted id array locks the rows in id order.
+            let values: Vec<serde_json::Value> = ids
+                .iter()
+                .zip(bumps)
+                .map(|(id, (n, done))| serde_json::json!({ "id": id.to_string(), "n": n, "done": done }))
+                .collect();
+            let sql = format!(
+                "UPDATE workflow SET last_sequence = workflow.last_sequence + v.n, \
+                   completed_count = workflow.completed_count + v.done, updated_at = ? \
+                 FROM json_to_recordset(?::json) AS v(id uuid, n bigint, done int) \
+                 WHERE workflow.id = ANY(?::uuid[]) AND workflow.id = v.id RETURNING {RETURNING}"
+            );
+            let args = vec![
+                now.into(),
+                serde_json::Value::Array(values).to_string().into(),
+                bulk::uuid_array(ids.iter().copied()).into(),
+            ];
+            for row in conn.query_all_raw(self.db.stmt(&sql, args)).await? {
+                rows.insert(row.try_get_by_index::<Uuid>(0)?, row);
+            }
+            return Ok(rows);
+        }
+        for (id, (n, done)) in ids.iter().zip(bumps) {
+            let row = conn
+                .query_one_raw(self.db.stmt(
+                    &format!(
+                        "UPDATE workflow SET last_sequence = last_sequence + ?, completed_count = completed_count + ?, \
+                           updated_at = ? WHERE id = ? RETURNING {RETURNING}"
+                    ),
+                    vec![(*n).into(), (*done).into(), now.into(), (*id).into()],
+                ))
+                .await?;
+            if let Some(row) = row {
+                rows.insert(*id, row);
+            }
+        }
+        Ok(rows)
     }
 }
 

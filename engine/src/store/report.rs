@@ -87,7 +87,8 @@ impl Store {
         report.events = self.flush(&txn, pending, now).await?;
         txn.commit().await?;
         let mut continued = std::mem::take(&mut report.continued);
-        self.fill_inputs(&mut continued).await?;
+        let known = std::mem::take(&mut report.results);
+        self.fill_inputs(&mut continued, &known).await?;
         report.continued = continued;
         Ok(report)
     }
@@ -105,13 +106,13 @@ impl Store {
             .query_one_raw(self.db.stmt(
                 "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, finished_at = ? \
                  WHERE id = ? AND attempts = ? AND status = 'RUNNING' RETURNING workflow_id, key, dependents",
-                vec![json_value(result), now.into(), (*id).into(), attempt.into()],
+                vec![json_value(result.clone()), now.into(), (*id).into(), attempt.into()],
             ))
             .await?
         else {
             return Ok(false);
         };
-        self.completed(txn, &row, attempt, now, report).await?;
+        self.completed(txn, &row, attempt, result, now, report).await?;
         Ok(true)
     }
 
@@ -127,6 +128,7 @@ impl Store {
             return Ok(());
         }
         let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
+        let mut results: Vec<Json> = Vec::with_capacity(outcomes.len());
         let ids = super::bulk::uuid_array(outcomes.iter().map(|o| o.task_id.0));
         let rows: Vec<Json> = outcomes
             .into_iter()
@@ -137,11 +139,14 @@ impl Store {
                 row.insert("attempt".into(), o.attempt.into());
                 row.insert("idx".into(), i.into());
                 // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
-                if let OutcomeKind::Completed(result) = o.kind
-                    && !result.is_null()
-                {
-                    row.insert("result".into(), result);
+                let result = match o.kind {
+                    OutcomeKind::Completed(result) => result,
+                    _ => Json::Null,
+                };
+                if !result.is_null() {
+                    row.insert("result".into(), result.clone());
                 }
+                results.push(result);
                 Json::Object(row)
             })
             .collect();
@@ -162,20 +167,23 @@ impl Store {
             .collect::<Result<Vec<_>, Error>>()?;
         done.sort_by_key(|(idx, _)| *idx);
         for (idx, row) in done {
-            let attempt = usize::try_from(idx).ok().and_then(|i| attempts.get(i)).copied();
-            let attempt = attempt.ok_or_else(|| Error::corrupt("completion index"))?;
-            self.completed(txn, &row, attempt, now, report).await?;
+            let i = usize::try_from(idx).ok().filter(|i| *i < attempts.len());
+            let i = i.ok_or_else(|| Error::corrupt("completion index"))?;
+            let result = std::mem::take(&mut results[i]);
+            self.completed(txn, &row, attempts[i], result, now, report).await?;
         }
         Ok(())
     }
 
     /// After a completion: its event, the dependents it made ready, and the workflow's count. `row` starts with
-    /// `workflow_id, key, dependents`.
+    /// `workflow_id, key, dependents`. The result of a task with dependents is kept for the inputs of the ones
+    /// this report continues (no read after the commit).
     async fn completed(
         &self,
         txn: &DatabaseTransaction,
         row: &QueryResult,
         attempt: i32,
+        result: Json,
         now: i64,
         report: &mut Report,
     ) -> Result<(), Error> {
@@ -183,32 +191,39 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let dependents: Vec<String> =
             serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
+        if !dependents.is_empty() {
+            report.results.insert((wf, key.clone()), result);
+        }
         let mut events = vec![NewEvent::task(EventType::TaskCompleted, key).with_data(json!({ "attempt": attempt }))];
         if !dependents.is_empty() {
             for chunk in dependents.chunks(500) {
                 let mut values: Vec<Value> = vec![wf.into()];
                 values.extend(chunk.iter().map(|k| Value::from(k.clone())));
                 let ph = placeholders(chunk.len());
-                txn.execute_raw(self.db.stmt(
-                    &format!(
-                        "UPDATE task SET pending_deps = pending_deps - 1 \
-                         WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING'"
-                    ),
-                    values.clone(),
-                ))
-                .await?;
+                // One statement (one row version per dependent): count the dependency down and, for the last one,
+                // queue the dependent. `pending_deps` on the right is the value before this update.
                 let mut ready_values: Vec<Value> = vec![now.into(), now.into()];
                 ready_values.extend(values);
-                let ready = txn
+                let touched = txn
                     .query_all_raw(self.db.stmt(
                         &format!(
-                            "UPDATE task SET status = 'QUEUED', queued_at = ?, available_at = ?, dispatched_until = 0 \
-                             WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING' AND pending_deps = 0 \
-                             RETURNING key, position"
+                            "UPDATE task SET pending_deps = pending_deps - 1, \
+                               status = CASE WHEN pending_deps = 1 THEN 'QUEUED' ELSE status END, \
+                               queued_at = CASE WHEN pending_deps = 1 THEN ? ELSE queued_at END, \
+                               available_at = CASE WHEN pending_deps = 1 THEN ? ELSE available_at END, \
+                               dispatched_until = CASE WHEN pending_deps = 1 THEN 0 ELSE dispatched_until END \
+                             WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING' \
+                             RETURNING key, position, status"
                         ),
                         ready_values,
                     ))
                     .await?;
+                let mut ready = Vec::with_capacity(touched.len());
+                for row in touched {
+                    if row.try_get_by_index::<String>(2)? == "QUEUED" {
+                        ready.push(row);
+                    }
+                }
                 let ready = keys_in_order(&ready)?;
                 report.made_ready += ready.len();
                 report.ready.extend(ready.iter().map(|k| (wf, k.clone())));
