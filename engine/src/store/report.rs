@@ -127,29 +127,29 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt).collect();
-        let mut results: Vec<Json> = Vec::with_capacity(outcomes.len());
-        let ids = super::bulk::uuid_array(outcomes.iter().map(|o| o.task_id.0));
-        let rows: Vec<Json> = outcomes
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let mut row = serde_json::Map::with_capacity(4);
-                row.insert("id".into(), o.task_id.0.to_string().into());
-                row.insert("attempt".into(), o.attempt.into());
-                row.insert("idx".into(), i.into());
-                // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
-                let result = match o.kind {
-                    OutcomeKind::Completed(result) => result,
-                    _ => Json::Null,
-                };
-                if !result.is_null() {
-                    row.insert("result".into(), result.clone());
-                }
-                results.push(result);
-                Json::Object(row)
-            })
+        let (mut tasks, mut attempts, mut results) = (Vec::new(), Vec::new(), Vec::new());
+        for o in outcomes {
+            tasks.push(o.task_id.0);
+            attempts.push(o.attempt);
+            results.push(match o.kind {
+                OutcomeKind::Completed(result) => result,
+                _ => Json::Null,
+            });
+        }
+        // The record set, serialised straight from the results (no copy of them into a JSON tree first).
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            id: Uuid,
+            attempt: i32,
+            idx: usize,
+            // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
+            #[serde(skip_serializing_if = "Json::is_null")]
+            result: &'a Json,
+        }
+        let rows: Vec<Row<'_>> = (0..tasks.len())
+            .map(|idx| Row { id: tasks[idx], attempt: attempts[idx], idx, result: &results[idx] })
             .collect();
+        let rows = serde_json::to_string(&rows).map_err(Error::corrupt)?;
         let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
                      finished_at = ? \
                    FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset(?::json) \
@@ -157,7 +157,7 @@ impl Store {
                    WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
                      AND task.status = 'RUNNING' \
                    RETURNING task.workflow_id, task.key, task.dependents, v.idx";
-        let values = vec![now.into(), Json::Array(rows).to_string().into(), ids.into()];
+        let values = vec![now.into(), rows.into(), super::bulk::uuid_array(tasks.iter().copied()).into()];
         let rows = txn.query_all_raw(self.db.stmt(sql, values)).await?;
         report.stale += attempts.len() - rows.len();
         // In the order the outcomes were reported (RETURNING has no order of its own).
@@ -169,7 +169,7 @@ impl Store {
         for (idx, row) in done {
             let i = usize::try_from(idx).ok().filter(|i| *i < attempts.len());
             let i = i.ok_or_else(|| Error::corrupt("completion index"))?;
-            let result = std::mem::take(&mut results[i]);
+            let result = results.get_mut(i).map(std::mem::take).unwrap_or_default();
             self.completed(txn, &row, attempts[i], result, now, report).await?;
         }
         Ok(())
