@@ -7,8 +7,9 @@ use std::time::Duration;
 pub const JITTER: f64 = 0.2;
 
 /// How a task is retried after a failed attempt.
+/// Fields left out of its JSON form take their default (stores keep the default policy as `{}`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
@@ -116,6 +117,14 @@ mod tests {
 
     fn no_jitter() -> RetryPolicy {
         RetryPolicy { jitter: false, ..RetryPolicy::default() }
+    }
+
+    #[test]
+    fn fields_left_out_of_the_json_form_take_their_default() {
+        let stored: RetryPolicy = serde_json::from_value(serde_json::json!({})).expect("empty object");
+        assert_eq!(stored, RetryPolicy::default());
+        let partial: RetryPolicy = serde_json::from_value(serde_json::json!({ "maxAttempts": 5 })).expect("partial");
+        assert_eq!(partial, RetryPolicy { max_attempts: 5, ..RetryPolicy::default() });
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Dispatch, TaskQueue};
@@ -50,7 +50,11 @@ pub async fn run_dispatcher(
         match engine.fetch_due(batch, opts.kinds.as_deref()).await {
             Ok(due) if !due.is_empty() => {
                 let full = due.len() == batch;
-                tokio::spawn(publish(engine.clone(), queue.clone(), due, slot));
+                let (engine, queue) = (engine.clone(), queue.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    hand_over(engine, queue, due).await;
+                });
                 if full {
                     continue;
                 }
@@ -70,8 +74,9 @@ pub async fn run_dispatcher(
     let _ = in_flight.acquire_many(PUBLISHES_IN_FLIGHT).await;
 }
 
-/// Publishes one batch; on failure the tasks are made due again, and the slot is held a while (backoff).
-async fn publish(engine: Engine, queue: Arc<dyn TaskQueue>, due: Vec<Dispatch>, _slot: OwnedSemaphorePermit) {
+/// Publishes one batch; on failure the tasks are made due again, after a pause (the caller's slot is held a while:
+/// backoff).
+pub(crate) async fn hand_over(engine: Engine, queue: Arc<dyn TaskQueue>, due: Vec<Dispatch>) {
     let ids: Vec<_> = due.iter().map(|d| d.task_id).collect();
     if let Err(err) = queue.publish(due).await {
         tracing::warn!(error = %err, "queue publish failed; the tasks wait in the database");

@@ -12,9 +12,10 @@ use crate::cache::{NoCache, ReadCache};
 use crate::error::Error;
 use crate::model::{EventRecord, TaskRecord, WorkflowFilter, WorkflowPage, WorkflowRecord};
 use crate::publisher::Publisher;
-use crate::queue::{Dispatch, Phase};
+use crate::queue::{Dispatch, Phase, TaskQueue};
 use crate::snapshot::SnapshotCache;
-use crate::store::{Claimed, Continuation, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
+use crate::store::{Claimed, Continuation, DispatchAtSubmit, NewWorkflow, Outcome, Report, Store, SubmitOutcome};
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -54,6 +55,17 @@ struct Inner {
     opts: EngineOptions,
     wake: Notify,
     publisher: OnceLock<Publisher>,
+    /// The queue this process dispatches to, when it runs a dispatcher (see [`Engine::dispatch_roots_to`]).
+    roots_to: std::sync::Mutex<Option<RootsTo>>,
+}
+
+/// Where a submission's root tasks go right after its commit.
+#[derive(Clone)]
+struct RootsTo {
+    queue: Arc<dyn TaskQueue>,
+    kinds: Option<Vec<String>>,
+    max_backlog: usize,
+    stop: CancellationToken,
 }
 
 /// The application service shared by the API and the workers.
@@ -90,6 +102,7 @@ impl Engine {
                 opts,
                 wake: Notify::new(),
                 publisher: OnceLock::new(),
+                roots_to: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -136,14 +149,51 @@ impl Engine {
         let trace_parent = crate::trace::traceparent(&tracing::Span::current());
         let content_hash = spec.content_hash();
         let validated = dag::validate(spec, &self.inner.opts.limits)?;
-        match self.inner.store.insert_workflow(NewWorkflow { tenant, validated, content_hash, trace_parent }).await? {
+        let roots = validated.spec.tasks.iter().filter(|t| t.depends_on.is_empty()).count();
+        let roots_to = self.roots_to(roots);
+        let dispatch = roots_to.as_ref().map(|to| DispatchAtSubmit {
+            until: crate::time::now_us() + self.inner.opts.redeliver_after.as_micros() as i64,
+            kinds: to.kinds.clone(),
+        });
+        let new = NewWorkflow { tenant, validated, content_hash, trace_parent: trace_parent.clone(), dispatch };
+        match self.inner.store.insert_workflow(new).await? {
             SubmitOutcome::Existing(record) => Ok(record),
-            SubmitOutcome::Created(record, events) => {
+            SubmitOutcome::Created(record, events, mut dispatches) => {
                 self.publish(events).await;
+                if let Some(to) = roots_to
+                    && !dispatches.is_empty()
+                {
+                    if self.inner.opts.trace {
+                        dispatch_spans(&mut dispatches, |_| trace_parent.as_deref());
+                    }
+                    tokio::spawn(crate::dispatcher::hand_over(self.clone(), to.queue, dispatches));
+                }
+                // Roots of kinds this process does not dispatch are the dispatchers' (here or elsewhere).
                 self.wake_dispatcher();
                 Ok(record)
             }
         }
+    }
+
+    /// Hands the root tasks of every later submission straight to `queue` (of `kinds`, or all), while it holds
+    /// fewer than `max_backlog` messages and until `stop`: one write per task less than going through the
+    /// dispatcher, and no wait for its next round. The process's dispatcher does the same for every other task.
+    pub fn dispatch_roots_to(
+        &self,
+        queue: Arc<dyn TaskQueue>,
+        kinds: Option<Vec<String>>,
+        max_backlog: usize,
+        stop: CancellationToken,
+    ) {
+        if let Ok(mut slot) = self.inner.roots_to.lock() {
+            *slot = Some(RootsTo { queue, kinds, max_backlog, stop });
+        }
+    }
+
+    /// The queue for `roots` new root tasks, if this process dispatches and the queue has room.
+    fn roots_to(&self, roots: usize) -> Option<RootsTo> {
+        let to = self.inner.roots_to.lock().ok()?.clone()?;
+        (!to.stop.is_cancelled() && to.queue.backlog().saturating_add(roots) <= to.max_backlog).then_some(to)
     }
 
     pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
@@ -259,11 +309,7 @@ impl Engine {
             ids.sort();
             ids.dedup();
             let parents = self.inner.store.trace_parents(&ids).await?;
-            for d in &mut due {
-                let span = tracing::info_span!("task.dispatch", workflow.id = %d.workflow_id, task.id = %d.task_id, task.kind = %d.kind);
-                crate::trace::set_parent(&span, parents.get(&d.workflow_id).map(String::as_str));
-                d.trace = crate::trace::traceparent(&span);
-            }
+            dispatch_spans(&mut due, |wf| parents.get(&wf).map(String::as_str));
         }
         Ok(due)
     }
@@ -339,5 +385,15 @@ impl Engine {
     /// Waits until woken or `timeout` passes.
     pub async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
+    }
+}
+
+/// Gives each dispatch its `task.dispatch` span, a child of its workflow's submission (`parent_of`), and carries
+/// the span's context in the message.
+fn dispatch_spans<'a>(due: &mut [Dispatch], parent_of: impl Fn(WorkflowId) -> Option<&'a str>) {
+    for d in due {
+        let span = tracing::info_span!("task.dispatch", workflow.id = %d.workflow_id, task.id = %d.task_id, task.kind = %d.kind);
+        crate::trace::set_parent(&span, parent_of(d.workflow_id));
+        d.trace = crate::trace::traceparent(&span);
     }
 }

@@ -8,6 +8,8 @@ mod lifecycle;
 mod read;
 mod report;
 mod submit;
+#[cfg(test)]
+mod tests;
 
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
 use taskorch_domain::NewEvent;
@@ -17,7 +19,7 @@ use uuid::Uuid;
 pub(crate) use auth::KeyWithHash;
 pub use exec::{Claimed, Continuation, Outcome, OutcomeKind, Report};
 pub use read::TaskStats;
-pub use submit::{NewWorkflow, SubmitOutcome};
+pub use submit::{DispatchAtSubmit, NewWorkflow, SubmitOutcome};
 
 use crate::db::Database;
 use crate::error::Error;

@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, TransactionTrait};
 use serde_json::{Value as Json, json};
 use taskorch_domain::dag::ValidatedWorkflow;
-use taskorch_domain::{EventType, NewEvent, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
+use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
 use taskorch_entity::{task, workflow};
 
 use super::{Store, is_unique_violation};
 use crate::error::Error;
 use crate::model::{EventRecord, WorkflowRecord};
+use crate::queue::{Dispatch, Phase};
 use crate::time::now_us;
 
 /// A validated workflow ready to be stored.
@@ -23,11 +24,24 @@ pub struct NewWorkflow {
     pub content_hash: String,
     /// Trace context of the submission.
     pub trace_parent: Option<String>,
+    /// Root tasks to hand straight to a queue after the commit, instead of leaving them to the dispatcher.
+    pub dispatch: Option<DispatchAtSubmit>,
+}
+
+/// Root tasks (of `kinds`, or all) are stored as dispatched until `until` (µs) and returned as dispatches: the
+/// submitting process publishes them itself. If it never does (a crash after the commit), the reaper makes them
+/// due again when `until` passes, like any dispatch that was never claimed.
+#[derive(Debug, Clone)]
+pub struct DispatchAtSubmit {
+    pub until: i64,
+    pub kinds: Option<Vec<String>>,
 }
 
 /// What a submission did.
 pub enum SubmitOutcome {
-    Created(WorkflowRecord, Vec<EventRecord>),
+    /// Stored and started: the workflow, its first events and the root tasks to publish (see
+    /// [`DispatchAtSubmit`]).
+    Created(WorkflowRecord, Vec<EventRecord>, Vec<Dispatch>),
     /// The same idempotency key and content were submitted before: the original, nothing written.
     Existing(WorkflowRecord),
 }
@@ -46,23 +60,6 @@ impl Store {
         let now = now_us();
         let wf_id = WorkflowId::new();
         let has_compensation = spec.tasks.iter().any(|t| t.compensation.is_some());
-        let wf_row = workflow::ActiveModel {
-            id: Set(wf_id.0),
-            tenant_id: Set(new.tenant.0),
-            name: Set(spec.name.clone()),
-            status: Set(WorkflowStatus::Running.as_str().to_owned()),
-            idempotency_key: Set(spec.idempotency_key.clone()),
-            content_hash: Set(new.content_hash.clone()),
-            task_count: Set(spec.tasks.len() as i32),
-            completed_count: Set(0),
-            has_compensation: Set(has_compensation),
-            last_sequence: Set(0),
-            created_at: Set(now),
-            started_at: Set(Some(now)),
-            finished_at: Set(None),
-            updated_at: Set(now),
-            trace_parent: Set(new.trace_parent.clone()),
-        };
 
         let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
         for t in &spec.tasks {
@@ -71,20 +68,38 @@ impl Store {
             }
         }
         let mut events = vec![NewEvent::workflow(EventType::WorkflowStarted)];
+        let mut dispatches = Vec::new();
         let rows: Vec<task::Model> = spec
             .tasks
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let root = t.depends_on.is_empty();
+                let id = TaskId::new();
+                let mut dispatched_until = 0;
                 if root {
                     events.push(NewEvent::task(EventType::TaskQueued, t.key.clone()));
+                    if let Some(at_submit) = &new.dispatch
+                        && at_submit.kinds.as_ref().is_none_or(|kinds| kinds.contains(&t.kind))
+                    {
+                        dispatched_until = at_submit.until;
+                        dispatches.push(Dispatch {
+                            task_id: id,
+                            workflow_id: wf_id,
+                            phase: Phase::Run,
+                            kind: t.kind.clone(),
+                            priority: i16::from(t.config.priority.get()),
+                            fence: 0,
+                            seq: now.max(0) as u64,
+                            trace: None,
+                        });
+                    }
                 }
                 let status = if root { TaskStatus::Queued } else { TaskStatus::Pending };
                 let compensation =
                     t.compensation.as_ref().map(|c| json!({ "kind": c.kind, "payload": c.payload, "retry": c.retry }));
                 task::Model {
-                    id: TaskId::new().0,
+                    id: id.0,
                     workflow_id: wf_id.0,
                     key: t.key.clone(),
                     kind: t.kind.clone(),
@@ -99,7 +114,12 @@ impl Store {
                     priority: i16::from(t.config.priority.get()),
                     attempts: 0,
                     attempt_base: 0,
-                    retry: serde_json::to_value(&t.retry).unwrap_or(Json::Null),
+                    // The default policy as `{}`: every later version of the row (claim, completion) is smaller.
+                    retry: if t.retry == RetryPolicy::default() {
+                        Json::Object(serde_json::Map::new())
+                    } else {
+                        serde_json::to_value(&t.retry).unwrap_or(Json::Null)
+                    },
                     timeout_ms: t.config.timeout_ms.map(|v| v as i64),
                     idempotency_key: t.config.idempotency_key.clone(),
                     compensation,
@@ -107,7 +127,7 @@ impl Store {
                     comp_attempts: 0,
                     comp_attempt_base: 0,
                     available_at: now,
-                    dispatched_until: 0,
+                    dispatched_until,
                     lease_until: None,
                     queued_at: root.then_some(now),
                     started_at: None,
@@ -115,9 +135,43 @@ impl Store {
                 }
             })
             .collect();
+        // A new workflow's events are numbered from 1: the row is inserted with its last sequence.
+        let wf_row = workflow::Model {
+            id: wf_id.0,
+            tenant_id: new.tenant.0,
+            name: spec.name.clone(),
+            status: WorkflowStatus::Running.as_str().to_owned(),
+            idempotency_key: spec.idempotency_key.clone(),
+            content_hash: new.content_hash.clone(),
+            task_count: spec.tasks.len() as i32,
+            completed_count: 0,
+            has_compensation,
+            last_sequence: events.len() as i64,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            updated_at: now,
+            trace_parent: new.trace_parent.clone(),
+        };
+        let records: Vec<EventRecord> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| EventRecord {
+                workflow_id: wf_id,
+                sequence: i as i64 + 1,
+                event_type: e.event_type,
+                task_key: e.task_key,
+                at: crate::time::to_datetime(now),
+                data: e.data,
+                workflow_name: spec.name.clone(),
+                tenant_id: new.tenant,
+            })
+            .collect();
 
         let txn = self.db.write.begin().await?;
-        if let Err(err) = workflow::Entity::insert(wf_row).exec_without_returning(&txn).await {
+        if let Err(err) =
+            workflow::Entity::insert(wf_row.clone().into_active_model()).exec_without_returning(&txn).await
+        {
             drop(txn);
             // A concurrent submission with the same key won the race.
             if is_unique_violation(&err)
@@ -138,13 +192,9 @@ impl Store {
                 task::Entity::insert_many(chunk).exec_without_returning(&txn).await?;
             }
         }
-        let records = self.append_events(&txn, wf_id.0, events, now).await?;
+        super::insert_events(&txn, &records, now).await?;
         txn.commit().await?;
-        let row = workflow::Entity::find_by_id(wf_id.0)
-            .one(&self.db.write)
-            .await?
-            .ok_or_else(|| Error::corrupt("workflow vanished after insert"))?;
-        Ok(SubmitOutcome::Created(row.try_into()?, records))
+        Ok(SubmitOutcome::Created(wf_row.try_into()?, records, dispatches))
     }
 
     /// The workflow first submitted with this idempotency key, if its content is the same; a `Conflict` if not.

@@ -1,0 +1,148 @@
+//! Repository tests on a fresh SQLite file: paths of the hop that the black-box suite passes through without
+//! being able to tell which one ran.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use taskorch_domain::dag::{self, TaskSpec, WorkflowSpec};
+use taskorch_domain::{Limits, TaskStatus, TenantId};
+
+use super::{Claimed, Continuation, DispatchAtSubmit, NewWorkflow, Outcome, OutcomeKind, Store, SubmitOutcome};
+use crate::db::{Database, PoolOptions};
+use crate::queue::{Dispatch, Phase};
+
+const LEASE_US: i64 = 30_000_000;
+
+async fn store() -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("taskorch-store-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+    let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    (Store::new(db), dir)
+}
+
+/// Stores `a → b` (both `noop`) and returns the workflow's id.
+async fn submit_pair(store: &Store) -> uuid::Uuid {
+    let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("b", "noop").after(&["a"])];
+    submit(store, tasks, None).await.0
+}
+
+/// Stores a workflow of `tasks`; returns its id and the dispatches handed back for publishing.
+async fn submit(
+    store: &Store,
+    tasks: Vec<TaskSpec>,
+    dispatch: Option<DispatchAtSubmit>,
+) -> (uuid::Uuid, Vec<Dispatch>) {
+    let spec = WorkflowSpec { name: "wf".into(), idempotency_key: None, tasks };
+    let content_hash = spec.content_hash();
+    let validated = dag::validate(spec, &Limits::default()).expect("valid");
+    let tenant = TenantId(uuid::Uuid::nil());
+    let new = NewWorkflow { tenant, validated, content_hash, trace_parent: None, dispatch };
+    match store.insert_workflow(new).await.expect("insert") {
+        SubmitOutcome::Created(wf, events, dispatches) => {
+            let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+            assert_eq!(sequences, (1..=events.len() as i64).collect::<Vec<_>>(), "events numbered from 1");
+            assert_eq!(wf.last_sequence, events.len() as i64);
+            (wf.id.0, dispatches)
+        }
+        SubmitOutcome::Existing(_) => panic!("a fresh database has no earlier submission"),
+    }
+}
+
+#[tokio::test]
+async fn roots_dispatched_at_submit_skip_the_dispatcher_and_come_back_if_never_claimed() {
+    let (store, dir) = store().await;
+    let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("m", "mail"), TaskSpec::new("b", "noop").after(&["a"])];
+    let until = crate::time::now_us() + 200_000;
+    let at_submit = DispatchAtSubmit { until, kinds: Some(vec!["noop".into()]) };
+    let (wf, dispatches) = submit(&store, tasks, Some(at_submit)).await;
+    // Only the root of a kind the submitting process dispatches is handed back; `m` is left to a dispatcher.
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!((dispatches[0].workflow_id.0, dispatches[0].fence, dispatches[0].phase), (wf, 0, Phase::Run));
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    assert_eq!(due.len(), 1, "the dispatcher sees only `m`");
+    assert_eq!(due[0].kind, "mail");
+    // Never published (the process died after the commit): once `until` passes, the reaper makes it due again.
+    assert_eq!(store.expire_dispatches().await.expect("expire"), 0, "not before its time");
+    while crate::time::now_us() <= until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.expire_dispatches().await.expect("expire"), 1);
+    let again = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    assert_eq!(again.iter().map(|d| d.task_id).collect::<Vec<_>>(), vec![dispatches[0].task_id]);
+    // The handed-back dispatch and the new one claim the same attempt once.
+    let (claimed, _) = store.claim(&[dispatches[0].clone(), again[0].clone()], LEASE_US).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].key.as_str(), claimed[0].attempt), ("a", 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Claims the root task `a` as a worker would: dispatch, then a fenced claim.
+async fn claim_root(store: &Store) -> Claimed {
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    assert_eq!(due.len(), 1, "only the root is due");
+    let (mut claimed, _) = store.claim(&due, LEASE_US).await.expect("claim");
+    claimed.pop().expect("claimed")
+}
+
+#[tokio::test]
+async fn completing_a_task_continues_its_ready_dependent_with_the_reported_result_as_input() {
+    let (store, dir) = store().await;
+    let wf = submit_pair(&store).await;
+    let a = claim_root(&store).await;
+    assert!(a.has_dependents);
+    let outcome = Outcome {
+        task_id: a.task_id,
+        phase: Phase::Run,
+        attempt: a.attempt,
+        kind: OutcomeKind::Completed(json!({ "n": 7 })),
+    };
+    let cont = Continuation { max: 4, kinds: vec!["noop".into()] };
+    let report = store.report(vec![outcome], &mut || 0.5, &cont, LEASE_US).await.expect("report");
+    assert_eq!(report.continued.len(), 1, "b is claimed in the completing transaction");
+    let b = &report.continued[0];
+    assert_eq!((b.key.as_str(), b.attempt), ("b", 1));
+    assert_eq!(b.inputs, json!({ "a": { "n": 7 } }));
+    assert_eq!(report.made_ready, 0, "a continued task is not left for the dispatcher");
+    let id = taskorch_domain::WorkflowId(wf);
+    let tasks = store.tasks_of(&[id]).await.expect("tasks").remove(&id).expect("the workflow's tasks");
+    let status: HashMap<_, _> = tasks.iter().map(|t| (t.key.as_str(), t.status)).collect();
+    assert_eq!(status["a"], TaskStatus::Completed);
+    assert_eq!(status["b"], TaskStatus::Running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_reading_them() {
+    let (store, dir) = store().await;
+    let wf = submit_pair(&store).await;
+    let b_of = |inputs| Claimed {
+        task_id: taskorch_domain::TaskId::new(),
+        workflow_id: taskorch_domain::WorkflowId(wf),
+        key: "b".into(),
+        kind: "noop".into(),
+        phase: Phase::Run,
+        attempt: 1,
+        payload: json!(null),
+        inputs,
+        idempotency_key: None,
+        timeout_ms: None,
+        queue_wait_us: 0,
+        has_dependents: false,
+    };
+    // Without the result at hand, the dependency's row is read (`a` has not run: its result is null).
+    let mut read = [b_of(json!(["a"]))];
+    store.fill_inputs(&mut read, &HashMap::new()).await.expect("inputs from the database");
+    assert_eq!(read[0].inputs, json!({ "a": null }));
+    // With it (completed in the claiming transaction), the database is not asked: it is closed here.
+    store.database().write.get_sqlite_connection_pool().close().await;
+    let known = HashMap::from([((wf, "a".to_owned()), json!({ "n": 7 }))]);
+    let mut continued = [b_of(json!(["a"]))];
+    store.fill_inputs(&mut continued, &known).await.expect("no read needed");
+    assert_eq!(continued[0].inputs, json!({ "a": { "n": 7 } }));
+    // The same call without the result does need the (now closed) database: the path above did not read.
+    let mut unknown = [b_of(json!(["a"]))];
+    assert!(store.fill_inputs(&mut unknown, &HashMap::new()).await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
