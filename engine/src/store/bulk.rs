@@ -3,7 +3,6 @@
 //! submission of large workflows; this is one bind and one parse, whatever the row count.
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
-use serde_json::{Map, Value as Json};
 
 /// A table's columns with their PostgreSQL types, in insert order.
 pub(crate) struct Columns(pub &'static [(&'static str, &'static str)]);
@@ -48,13 +47,14 @@ pub(crate) const EVENT: Columns = Columns(&[
     ("data", "json"),
 ]);
 
-/// `INSERT INTO table (…) SELECT … FROM json_to_recordset($1)`: rows are JSON objects keyed by column (a JSON
-/// null, or a missing key, is SQL NULL).
-pub(crate) async fn insert_json<C: ConnectionTrait>(
+/// `INSERT INTO table (…) SELECT … FROM json_to_recordset($1)`: rows serialise to JSON objects keyed by column (a
+/// JSON null, or a missing key, is SQL NULL). They are written straight into the statement's one parameter, with no
+/// JSON tree in between.
+pub(crate) async fn insert_json<C: ConnectionTrait, R: serde::Serialize>(
     conn: &C,
     table: &str,
     columns: &Columns,
-    rows: Vec<Map<String, Json>>,
+    rows: &[R],
 ) -> Result<(), DbErr> {
     if rows.is_empty() {
         return Ok(());
@@ -67,7 +67,7 @@ pub(crate) async fn insert_json<C: ConnectionTrait>(
         names.join(", "),
         typed.join(", ")
     );
-    let body = Json::Array(rows.into_iter().map(Json::Object).collect()).to_string();
+    let body = serde_json::to_string(rows).map_err(|e| DbErr::Custom(format!("rows of {table}: {e}")))?;
     conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [body.into()])).await?;
     Ok(())
 }

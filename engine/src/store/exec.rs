@@ -367,10 +367,14 @@ impl Store {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let body = Json::Array(
-            runs.iter().map(|(i, d)| serde_json::json!({ "id": d.task_id.0, "fence": d.fence, "idx": i })).collect(),
-        )
-        .to_string();
+        #[derive(serde::Serialize)]
+        struct Run {
+            id: Uuid,
+            fence: i32,
+            idx: usize,
+        }
+        let rows: Vec<Run> = runs.iter().map(|(idx, d)| Run { id: d.task_id.0, fence: d.fence, idx: *idx }).collect();
+        let body = serde_json::to_string(&rows).map_err(Error::corrupt)?;
         let sql = format!(
             "UPDATE task SET {RUN_CLAIM_SET} \
              FROM (SELECT DISTINCT ON (id) id, fence, idx FROM json_to_recordset(?::json) AS r(id uuid, fence int, \

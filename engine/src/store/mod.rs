@@ -184,11 +184,14 @@ impl Store {
         if self.db.backend == sea_orm::DbBackend::Postgres && ids.len() > 1 {
             // One statement for every workflow of the batch (a batch of independent tasks spans many). The index
             // scan over the sorted id array locks the rows in id order.
-            let values: Vec<serde_json::Value> = ids
-                .iter()
-                .zip(bumps)
-                .map(|(id, (n, done))| serde_json::json!({ "id": id.to_string(), "n": n, "done": done }))
-                .collect();
+            #[derive(serde::Serialize)]
+            struct Bump {
+                id: Uuid,
+                n: i64,
+                done: i32,
+            }
+            let values: Vec<Bump> =
+                ids.iter().zip(bumps).map(|(id, (n, done))| Bump { id: *id, n: *n, done: *done }).collect();
             let sql = format!(
                 "UPDATE workflow SET last_sequence = workflow.last_sequence + v.n, \
                    completed_count = workflow.completed_count + v.done, updated_at = ? \
@@ -197,7 +200,7 @@ impl Store {
             );
             let args = vec![
                 now.into(),
-                serde_json::Value::Array(values).to_string().into(),
+                serde_json::to_string(&values).map_err(Error::corrupt)?.into(),
                 bulk::uuid_array(ids.iter().copied()).into(),
             ];
             for row in conn.query_all_raw(self.db.stmt(&sql, args)).await? {
@@ -223,23 +226,32 @@ impl Store {
     }
 }
 
+/// An event row for `bulk::insert_json` (field names are the columns of `bulk::EVENT`; a null `data` is SQL NULL).
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    workflow_id: Uuid,
+    sequence: i64,
+    event_type: &'a str,
+    task_key: Option<&'a str>,
+    at: i64,
+    data: &'a serde_json::Value,
+}
+
 /// Inserts event rows: one JSON-expanded statement on PostgreSQL, multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let rows = records
+        let rows: Vec<EventRow<'_>> = records
             .iter()
-            .map(|r| {
-                let mut m = serde_json::Map::with_capacity(6);
-                m.insert("workflow_id".into(), r.workflow_id.0.to_string().into());
-                m.insert("sequence".into(), r.sequence.into());
-                m.insert("event_type".into(), r.event_type.as_str().into());
-                m.insert("task_key".into(), r.task_key.clone().into());
-                m.insert("at".into(), at.into());
-                m.insert("data".into(), r.data.clone());
-                m
+            .map(|r| EventRow {
+                workflow_id: r.workflow_id.0,
+                sequence: r.sequence,
+                event_type: r.event_type.as_str(),
+                task_key: r.task_key.as_deref(),
+                at,
+                data: &r.data,
             })
             .collect();
-        return bulk::insert_json(conn, "event", &bulk::EVENT, rows).await;
+        return bulk::insert_json(conn, "event", &bulk::EVENT, &rows).await;
     }
     for chunk in records.chunks(2000) {
         let models = chunk.iter().map(|r| event::ActiveModel {

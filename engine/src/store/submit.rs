@@ -183,8 +183,8 @@ impl Store {
             return Err(err.into());
         }
         if self.db.backend == sea_orm::DbBackend::Postgres {
-            let rows = rows.iter().map(task_json).collect::<Result<_, _>>()?;
-            super::bulk::insert_json(&txn, "task", &super::bulk::TASK, rows).await?;
+            // The model's field names are its column names.
+            super::bulk::insert_json(&txn, "task", &super::bulk::TASK, &rows).await?;
         } else {
             let mut rows = rows.into_iter().map(IntoActiveModel::into_active_model).peekable();
             while rows.peek().is_some() {
@@ -217,14 +217,5 @@ impl Store {
                 m.id
             ))),
         }
-    }
-}
-
-/// A task row as a JSON object keyed by column (the model's field names are its column names), for
-/// `bulk::insert_json`; a `None` is JSON null, which `json_to_recordset` reads as SQL NULL.
-fn task_json(t: &task::Model) -> Result<serde_json::Map<String, Json>, Error> {
-    match serde_json::to_value(t).map_err(Error::corrupt)? {
-        Json::Object(m) => Ok(m),
-        other => Err(Error::corrupt(format!("a task row serialised as {other}"))),
     }
 }

@@ -146,3 +146,60 @@ async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_
     assert!(store.fill_inputs(&mut unknown, &HashMap::new()).await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The keys a row serialises to, for `bulk::insert_json` (a key that is not a column would be an SQL NULL).
+fn keys_of(row: impl serde::Serialize) -> std::collections::BTreeSet<String> {
+    match serde_json::to_value(row).expect("serialises") {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        other => panic!("a row serialised as {other}"),
+    }
+}
+
+fn columns(list: &super::bulk::Columns) -> std::collections::BTreeSet<String> {
+    list.0.iter().map(|(n, _)| (*n).to_owned()).collect()
+}
+
+#[test]
+fn bulk_rows_serialise_to_their_tables_columns() {
+    let data = json!({ "attempt": 1 });
+    let event = super::EventRow {
+        workflow_id: uuid::Uuid::nil(),
+        sequence: 1,
+        event_type: "TASK_STARTED",
+        task_key: Some("a"),
+        at: 0,
+        data: &data,
+    };
+    assert_eq!(keys_of(event), columns(&super::bulk::EVENT));
+    let task = taskorch_entity::task::Model {
+        id: uuid::Uuid::nil(),
+        workflow_id: uuid::Uuid::nil(),
+        key: "a".into(),
+        kind: "noop".into(),
+        position: 0,
+        status: "QUEUED".into(),
+        payload: None,
+        result: None,
+        error: None,
+        depends_on: json!([]),
+        dependents: json!([]),
+        pending_deps: 0,
+        priority: 0,
+        attempts: 0,
+        attempt_base: 0,
+        retry: json!({}),
+        timeout_ms: None,
+        idempotency_key: None,
+        compensation: None,
+        comp_kind: None,
+        comp_attempts: 0,
+        comp_attempt_base: 0,
+        available_at: 0,
+        dispatched_until: 0,
+        lease_until: None,
+        queued_at: None,
+        started_at: None,
+        finished_at: None,
+    };
+    assert_eq!(keys_of(&task), columns(&super::bulk::TASK));
+}
