@@ -34,6 +34,8 @@ pub async fn run_dispatcher(
 ) {
     let batch = engine.options().dispatch_batch;
     let max_backlog = if opts.max_backlog == 0 { batch * 2 } else { opts.max_backlog };
+    // Submissions in this process hand their root tasks to the same queue themselves, under the same limits.
+    engine.dispatch_roots_to(queue.clone(), opts.kinds.clone(), max_backlog, shutdown.clone());
     let in_flight = Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT as usize));
     while !shutdown.is_cancelled() {
         if queue.backlog() >= max_backlog {

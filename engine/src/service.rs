@@ -56,11 +56,10 @@ struct Inner {
     wake: Notify,
     publisher: OnceLock<Publisher>,
     /// The queue this process dispatches to, when it runs a dispatcher (see [`Engine::dispatch_roots_to`]).
-    roots_to: std::sync::Mutex<Option<RootsTo>>,
+    roots_to: std::sync::Mutex<Option<Arc<RootsTo>>>,
 }
 
 /// Where a submission's root tasks go right after its commit.
-#[derive(Clone)]
 struct RootsTo {
     queue: Arc<dyn TaskQueue>,
     kinds: Option<Vec<String>>,
@@ -166,7 +165,7 @@ impl Engine {
                     if self.inner.opts.trace {
                         dispatch_spans(&mut dispatches, |_| trace_parent.as_deref());
                     }
-                    tokio::spawn(crate::dispatcher::hand_over(self.clone(), to.queue, dispatches));
+                    tokio::spawn(crate::dispatcher::hand_over(self.clone(), to.queue.clone(), dispatches));
                 }
                 // Roots of kinds this process does not dispatch are the dispatchers' (here or elsewhere).
                 self.wake_dispatcher();
@@ -177,7 +176,7 @@ impl Engine {
 
     /// Hands the root tasks of every later submission straight to `queue` (of `kinds`, or all), while it holds
     /// fewer than `max_backlog` messages and until `stop`: one write per task less than going through the
-    /// dispatcher, and no wait for its next round. The process's dispatcher does the same for every other task.
+    /// dispatcher, and no wait for its next round. [`crate::dispatcher::run_dispatcher`] registers its queue here.
     pub fn dispatch_roots_to(
         &self,
         queue: Arc<dyn TaskQueue>,
@@ -186,12 +185,12 @@ impl Engine {
         stop: CancellationToken,
     ) {
         if let Ok(mut slot) = self.inner.roots_to.lock() {
-            *slot = Some(RootsTo { queue, kinds, max_backlog, stop });
+            *slot = Some(Arc::new(RootsTo { queue, kinds, max_backlog, stop }));
         }
     }
 
     /// The queue for `roots` new root tasks, if this process dispatches and the queue has room.
-    fn roots_to(&self, roots: usize) -> Option<RootsTo> {
+    fn roots_to(&self, roots: usize) -> Option<Arc<RootsTo>> {
         let to = self.inner.roots_to.lock().ok()?.clone()?;
         (!to.stop.is_cancelled() && to.queue.backlog().saturating_add(roots) <= to.max_backlog).then_some(to)
     }

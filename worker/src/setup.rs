@@ -80,7 +80,6 @@ pub async fn run(
         None => shutdown.cancelled().await,
         Some(queue) => {
             // Dispatching stops as soon as the stop begins; what is in the broker stays there for other workers.
-            engine.dispatch_roots_to(queue.clone(), None, usize::MAX, shutdown.clone());
             let dispatcher = tokio::spawn(run_dispatcher(
                 engine.clone(),
                 queue.clone(),

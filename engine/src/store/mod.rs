@@ -63,20 +63,7 @@ impl Store {
         let name: String = row.try_get_by_index(1)?;
         let tenant_id = taskorch_domain::TenantId(row.try_get_by_index(2)?);
         let first = last - events.len() as i64 + 1;
-        let records: Vec<EventRecord> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| EventRecord {
-                workflow_id: taskorch_domain::WorkflowId(workflow_id),
-                sequence: first + i as i64,
-                event_type: e.event_type,
-                task_key: e.task_key,
-                at: crate::time::to_datetime(at),
-                data: e.data,
-                workflow_name: name.clone(),
-                tenant_id,
-            })
-            .collect();
+        let records: Vec<EventRecord> = numbered(workflow_id, &name, tenant_id, first, events, at).collect();
         insert_events(conn, &records, at).await?;
         Ok(records)
     }
@@ -154,16 +141,7 @@ impl Store {
                 last += 1;
             }
             debug_assert_eq!(first + events.len() as i64 - 1, last);
-            records.extend(events.into_iter().enumerate().map(|(i, e)| EventRecord {
-                workflow_id: taskorch_domain::WorkflowId(wf),
-                sequence: first + i as i64,
-                event_type: e.event_type,
-                task_key: e.task_key,
-                at: crate::time::to_datetime(now),
-                data: e.data,
-                workflow_name: name.clone(),
-                tenant_id,
-            }));
+            records.extend(numbered(wf, &name, tenant_id, first, events, now));
         }
         insert_events(conn, &records, now).await?;
         Ok(records)
@@ -224,6 +202,28 @@ impl Store {
         }
         Ok(rows)
     }
+}
+
+/// `events` of workflow `wf` as records numbered from `first`, all at `at`.
+fn numbered<'a>(
+    wf: Uuid,
+    name: &'a str,
+    tenant_id: taskorch_domain::TenantId,
+    first: i64,
+    events: Vec<NewEvent>,
+    at: i64,
+) -> impl Iterator<Item = EventRecord> + 'a {
+    let at = crate::time::to_datetime(at);
+    events.into_iter().enumerate().map(move |(i, e)| EventRecord {
+        workflow_id: taskorch_domain::WorkflowId(wf),
+        sequence: first + i as i64,
+        event_type: e.event_type,
+        task_key: e.task_key,
+        at,
+        data: e.data,
+        workflow_name: name.to_owned(),
+        tenant_id,
+    })
 }
 
 /// An event row for `bulk::insert_json` (field names are the columns of `bulk::EVENT`; a null `data` is SQL NULL).

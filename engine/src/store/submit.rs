@@ -153,20 +153,7 @@ impl Store {
             updated_at: now,
             trace_parent: new.trace_parent.clone(),
         };
-        let records: Vec<EventRecord> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| EventRecord {
-                workflow_id: wf_id,
-                sequence: i as i64 + 1,
-                event_type: e.event_type,
-                task_key: e.task_key,
-                at: crate::time::to_datetime(now),
-                data: e.data,
-                workflow_name: spec.name.clone(),
-                tenant_id: new.tenant,
-            })
-            .collect();
+        let records: Vec<EventRecord> = super::numbered(wf_id.0, &spec.name, new.tenant, 1, events, now).collect();
 
         let txn = self.db.write.begin().await?;
         if let Err(err) =

@@ -59,12 +59,10 @@ pub async fn run_embedded(engine: Engine, registry: Arc<Registry>, opts: WorkerO
     let local = Arc::new(InProcessQueue::new());
     let queue: Arc<dyn TaskQueue> = local.clone();
     // Dispatching stops as soon as the stop begins, so nothing new is handed to a worker that is leaving.
-    let max_backlog = opts.concurrency.max(256) * 2;
-    engine.dispatch_roots_to(queue.clone(), opts.kinds.clone(), max_backlog, shutdown.clone());
     let dispatcher = tokio::spawn(run_dispatcher(
         engine.clone(),
         queue.clone(),
-        DispatcherOptions { kinds: opts.kinds.clone(), max_backlog },
+        DispatcherOptions { kinds: opts.kinds.clone(), max_backlog: opts.concurrency.max(256) * 2 },
         shutdown.clone(),
     ));
     let reaper = tokio::spawn(run_reaper(engine.clone(), engine.options().reaper_period, shutdown.clone()));
