@@ -9,6 +9,7 @@ mod m20261126_000004_add_trace_to_workflow;
 mod m20261126_000005_create_auth;
 mod m20261126_000006_split_dispatch_index;
 mod m20261126_000007_drop_task_position_index;
+mod m20261127_000008_hot_task_updates;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000005_create_auth::Migration),
             Box::new(m20261126_000006_split_dispatch_index::Migration),
             Box::new(m20261126_000007_drop_task_position_index::Migration),
+            Box::new(m20261127_000008_hot_task_updates::Migration),
         ]
     }
 }

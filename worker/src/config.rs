@@ -67,8 +67,8 @@ pub struct Config {
     /// How often the reaper looks for expired leases.
     #[arg(long, env = "TASKORCH_REAPER_PERIOD_MS", default_value_t = 5_000)]
     pub reaper_period_ms: u64,
-    /// A dispatched task not claimed within this time is dispatched again (default: 30 s in-process, 60 s with
-    /// RabbitMQ, which redelivers unacknowledged messages itself; a duplicate is refused by the claim's fence).
+    /// A dispatched task not claimed within this time is dispatched again (a duplicate is refused by the claim's
+    /// fence). Defaults to the lease: a claim within it leaves the row's indexed columns as they are.
     #[arg(long, env = "TASKORCH_REDELIVER_AFTER_MS")]
     pub redeliver_after_ms: Option<u64>,
     /// On SIGTERM, how long in-flight attempts may take before they are released.
@@ -87,11 +87,7 @@ impl Config {
         EngineOptions {
             lease: Duration::from_millis(self.lease_ms),
             reaper_period: Duration::from_millis(self.reaper_period_ms),
-            redeliver_after: Duration::from_millis(self.redeliver_after_ms.unwrap_or(if self.amqp_url.is_some() {
-                60_000
-            } else {
-                30_000
-            })),
+            redeliver_after: Duration::from_millis(self.redeliver_after_ms.unwrap_or(self.lease_ms)),
             trace: self.otlp_endpoint.is_some(),
             ..EngineOptions::default()
         }

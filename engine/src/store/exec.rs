@@ -82,9 +82,29 @@ pub struct Continuation {
 }
 
 const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
-/// The `SET` of a run-phase claim; its placeholders are `lease_until`, `started_at`.
-const RUN_CLAIM_SET: &str =
-    "status = 'RUNNING', attempts = task.attempts + 1, lease_until = ?, started_at = ?, error = NULL";
+/// Statuses of tasks that wait for a worker (run, retry or compensation).
+const DISPATCHABLE: &str = "('QUEUED', 'RETRYING', 'COMPENSATING')";
+/// A claim keeps the dispatch's `dispatched_until` when it is no later than the new lease (the reaper then sees the
+/// row by the time the lease runs out): no indexed column changes, so PostgreSQL writes the claim as a HOT update.
+/// Otherwise (a dispatch made due again, a visibility longer than the lease) it becomes the lease. Placeholders:
+/// the lease, twice.
+macro_rules! keep_dispatch {
+    () => {
+        "CASE WHEN task.dispatched_until > 0 AND task.dispatched_until <= ? THEN task.dispatched_until ELSE ? END"
+    };
+}
+const KEEP_DISPATCH: &str = keep_dispatch!();
+/// The `SET` of a run-phase claim; its placeholders are [`run_claim_values`].
+const RUN_CLAIM_SET: &str = concat!(
+    "status = 'RUNNING', attempts = task.attempts + 1, lease_until = ?, started_at = ?, error = NULL, ",
+    "dispatched_until = ",
+    keep_dispatch!()
+);
+
+/// The values of [`RUN_CLAIM_SET`]'s placeholders.
+fn run_claim_values(lease_until: i64, now: i64) -> Vec<Value> {
+    vec![lease_until.into(), now.into(), lease_until.into(), lease_until.into()]
+}
 /// Tasks are claimed only while their workflow runs.
 const WORKFLOW_RUNNING: &str =
     "EXISTS (SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING')";
@@ -121,7 +141,7 @@ impl Store {
         let sql = format!(
             "UPDATE task SET dispatched_until = ? WHERE id IN (\
                SELECT t.id FROM task t JOIN workflow w ON w.id = t.workflow_id \
-               WHERE t.status IN ('QUEUED', 'RETRYING', 'COMPENSATING') AND t.lease_until IS NULL \
+               WHERE t.status IN {DISPATCHABLE} AND t.lease_until IS NULL \
                  AND t.dispatched_until = 0 AND t.available_at <= ? \
                  AND ((t.status <> 'COMPENSATING' AND w.status = 'RUNNING') \
                    OR (t.status = 'COMPENSATING' AND w.status = 'COMPENSATING')){kind_filter} \
@@ -175,18 +195,37 @@ impl Store {
     }
 
     /// Makes dispatches whose visibility ran out (never claimed: a lost message, a dead consumer) due again;
-    /// returns how many.
+    /// returns how many. Leased rows whose `dispatched_until` passed are looked at again when their (extended) lease
+    /// runs out; a row in no queue that still shows one leaves it. Each is its own statement, and on PostgreSQL rows
+    /// that a claim or report holds are left for the next pass (no lock waits, no deadlock with them).
     pub async fn expire_dispatches(&self) -> Result<u64, Error> {
-        let res = self
-            .db
-            .write
-            .execute_raw(self.db.stmt(
-                "UPDATE task SET dispatched_until = 0 WHERE status IN ('QUEUED', 'RETRYING', 'COMPENSATING') \
-                 AND dispatched_until > 0 AND dispatched_until <= ? AND lease_until IS NULL",
-                vec![now_us().into()],
-            ))
+        let now = now_us();
+        let passed = "dispatched_until > 0 AND dispatched_until <= ?";
+        let expired = self
+            .sweep("0", &format!("{passed} AND lease_until IS NULL AND status IN {DISPATCHABLE}"), vec![now.into()])
             .await?;
-        Ok(res.rows_affected())
+        self.sweep("lease_until", &format!("{passed} AND lease_until >= ?"), vec![now.into(), now.into()]).await?;
+        self.sweep(
+            "-1",
+            &format!("{passed} AND lease_until IS NULL AND status NOT IN {DISPATCHABLE}"),
+            vec![now.into()],
+        )
+        .await?;
+        Ok(expired)
+    }
+
+    /// `UPDATE task SET dispatched_until = {value}` of the rows matching `filter`, skipping locked rows on
+    /// PostgreSQL; returns how many.
+    async fn sweep(&self, value: &str, filter: &str, values: Vec<Value>) -> Result<u64, Error> {
+        let sql = if self.db.backend == DbBackend::Postgres {
+            format!(
+                "UPDATE task SET dispatched_until = {value} WHERE id IN \
+                   (SELECT id FROM task WHERE {filter} FOR UPDATE SKIP LOCKED)"
+            )
+        } else {
+            format!("UPDATE task SET dispatched_until = {value} WHERE {filter}")
+        };
+        Ok(self.db.write.execute_raw(self.db.stmt(&sql, values)).await?.rows_affected())
     }
 
     /// Makes dispatched tasks due again at once.
@@ -196,7 +235,10 @@ impl Store {
             self.db
                 .write
                 .execute_raw(self.db.stmt(
-                    &format!("UPDATE task SET dispatched_until = 0 WHERE id IN ({})", placeholders(chunk.len())),
+                    &format!(
+                        "UPDATE task SET dispatched_until = 0 WHERE id IN ({}) AND lease_until IS NULL",
+                        placeholders(chunk.len())
+                    ),
                     values,
                 ))
                 .await?;
@@ -221,17 +263,27 @@ impl Store {
                             "UPDATE task SET {RUN_CLAIM_SET} WHERE id = ? AND attempts = ? \
                              AND status IN {RUN_STATUSES} AND {WORKFLOW_RUNNING} RETURNING {RUN_CLAIM_COLUMNS}"
                         ),
-                        vec![(now + lease_us).into(), now.into(), d.task_id.0.into(), d.fence.into()],
+                        [run_claim_values(now + lease_us, now), vec![d.task_id.0.into(), d.fence.into()]].concat(),
                     ))
                     .await?
                 }
                 Phase::Compensate => {
+                    let lease_until = now + lease_us;
                     txn.query_one_raw(self.db.stmt(
-                        "UPDATE task SET lease_until = ?, comp_attempts = comp_attempts + 1 \
-                         WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' AND lease_until IS NULL \
-                         RETURNING key, comp_kind, compensation, comp_attempts, idempotency_key, timeout_ms, \
-                           payload, result",
-                        vec![(now + lease_us).into(), d.task_id.0.into(), d.fence.into()],
+                        &format!(
+                            "UPDATE task SET lease_until = ?, comp_attempts = comp_attempts + 1, \
+                               dispatched_until = {KEEP_DISPATCH} \
+                             WHERE id = ? AND comp_attempts = ? AND status = 'COMPENSATING' AND lease_until IS NULL \
+                             RETURNING key, comp_kind, compensation, comp_attempts, idempotency_key, timeout_ms, \
+                               payload, result"
+                        ),
+                        vec![
+                            lease_until.into(),
+                            lease_until.into(),
+                            lease_until.into(),
+                            d.task_id.0.into(),
+                            d.fence.into(),
+                        ],
                     ))
                     .await?
                 }
@@ -329,7 +381,8 @@ impl Store {
                 break;
             }
             let keys = &keys[..keys.len().min(room)];
-            let mut values: Vec<Value> = vec![(now + lease_us).into(), now.into(), wf.into()];
+            let mut values = run_claim_values(now + lease_us, now);
+            values.push(wf.into());
             values.extend(keys.iter().map(|k| Value::from(k.clone())));
             values.extend(cont.kinds.iter().map(|k| Value::from(k.clone())));
             let rows = txn
@@ -384,7 +437,7 @@ impl Store {
              RETURNING {RUN_CLAIM_COLUMNS}, v.idx"
         );
         let ids = super::bulk::uuid_array(runs.iter().map(|(_, d)| d.task_id.0));
-        let values = vec![(now + lease_us).into(), now.into(), body.into(), ids.into()];
+        let values = [run_claim_values(now + lease_us, now), vec![body.into(), ids.into()]].concat();
         let rows = txn.query_all_raw(self.db.stmt(&sql, values)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -449,13 +502,14 @@ impl Store {
 
     /// Attempts whose lease expired (their worker is gone), as failed outcomes for the reaper to report.
     pub async fn expired_leases(&self, limit: u64) -> Result<Vec<Outcome>, Error> {
+        let now = now_us();
         let rows = self
             .db
             .write
             .query_all_raw(self.db.stmt(
                 "SELECT id, status, attempts, comp_attempts FROM task \
-                 WHERE lease_until IS NOT NULL AND lease_until < ? LIMIT ?",
-                vec![now_us().into(), (limit as i64).into()],
+                 WHERE dispatched_until > 0 AND dispatched_until <= ? AND lease_until < ? LIMIT ?",
+                vec![now.into(), now.into(), (limit as i64).into()],
             ))
             .await?;
         let mut out = Vec::with_capacity(rows.len());

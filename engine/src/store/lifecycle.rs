@@ -7,7 +7,7 @@ use taskorch_domain::{EventType, NewEvent, TaskStatus, WorkflowId, WorkflowStatu
 use taskorch_entity::workflow;
 use uuid::Uuid;
 
-use super::{Store, keys_in_order};
+use super::{DUE, IN_NO_QUEUE, Store, keys_in_order};
 use crate::error::Error;
 use crate::model::{EventRecord, WorkflowRecord};
 use crate::time::now_us;
@@ -102,15 +102,22 @@ impl Store {
             dep_keys.iter().map(|ds| ds.iter().filter_map(|k| index.get(k.as_str()).copied()).collect()).collect();
         let mut events = Vec::new();
         for (i, step) in retry_plan(&statuses, &deps) {
-            let (status, pending, queued_at) = match step {
-                RetryStep::Queue => (TaskStatus::Queued, 0, Some(now)),
-                RetryStep::Wait { pending } => (TaskStatus::Pending, pending as i32, None),
+            let (status, pending, queued_at, dispatched_until) = match step {
+                RetryStep::Queue => (TaskStatus::Queued, 0, Some(now), DUE),
+                RetryStep::Wait { pending } => (TaskStatus::Pending, pending as i32, None, IN_NO_QUEUE),
             };
             conn.execute_raw(self.db.stmt(
-                "UPDATE task SET status = ?, pending_deps = ?, queued_at = ?, available_at = ?, dispatched_until = 0, \
+                "UPDATE task SET status = ?, pending_deps = ?, queued_at = ?, available_at = ?, dispatched_until = ?, \
                    lease_until = NULL, error = NULL, result = NULL, finished_at = NULL, attempt_base = attempts \
                  WHERE id = ?",
-                vec![status.as_str().into(), pending.into(), queued_at.into(), now.into(), ids[i].into()],
+                vec![
+                    status.as_str().into(),
+                    pending.into(),
+                    queued_at.into(),
+                    now.into(),
+                    dispatched_until.into(),
+                    ids[i].into(),
+                ],
             ))
             .await?;
             if status == TaskStatus::Queued {

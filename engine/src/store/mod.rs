@@ -25,6 +25,14 @@ use crate::db::Database;
 use crate::error::Error;
 use crate::model::EventRecord;
 
+/// `task.dispatched_until` of a task due for dispatch (once its `available_at` comes).
+pub(crate) const DUE: i64 = 0;
+/// `task.dispatched_until` of a task in no queue: waiting for its dependencies, or finished. Other values (`> 0`)
+/// are a dispatch's visibility or, for a leased attempt, when the reaper looks at the row again — never later than
+/// the lease, so the reaper finds expired leases through the same index (`task_dispatched`, migration 8). SQL
+/// statements write these values as literals (`0`, `-1`).
+pub(crate) const IN_NO_QUEUE: i64 = -1;
+
 /// Repository over the database.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -104,7 +104,8 @@ impl Store {
     ) -> Result<bool, Error> {
         let Some(row) = txn
             .query_one_raw(self.db.stmt(
-                "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, finished_at = ? \
+                "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, dispatched_until = -1, \
+                   finished_at = ? \
                  WHERE id = ? AND attempts = ? AND status = 'RUNNING' RETURNING workflow_id, key, dependents",
                 vec![json_value(result.clone()), now.into(), (*id).into(), attempt.into()],
             ))
@@ -151,7 +152,7 @@ impl Store {
             .collect();
         let rows = serde_json::to_string(&rows).map_err(Error::corrupt)?;
         let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
-                     finished_at = ? \
+                     dispatched_until = -1, finished_at = ? \
                    FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset(?::json) \
                      AS r(id uuid, attempt int, result json, idx int) ORDER BY id, idx) AS v \
                    WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
@@ -280,12 +281,10 @@ impl Store {
             report.pending.extend(wf, vec![failed, retrying]);
             return Ok(true);
         }
-        txn.execute_raw(
-            self.db.stmt(
-                "UPDATE task SET status = 'FAILED', finished_at = ? WHERE id = ?",
-                vec![now.into(), (*id).into()],
-            ),
-        )
+        txn.execute_raw(self.db.stmt(
+            "UPDATE task SET status = 'FAILED', dispatched_until = -1, finished_at = ? WHERE id = ?",
+            vec![now.into(), (*id).into()],
+        ))
         .await?;
         let mut events = vec![failed];
         if active {
@@ -339,7 +338,7 @@ impl Store {
     ) -> Result<Vec<NewEvent>, Error> {
         let rows = txn
             .query_all_raw(self.db.stmt(
-                "UPDATE task SET status = 'CANCELLED', lease_until = NULL, finished_at = ? \
+                "UPDATE task SET status = 'CANCELLED', lease_until = NULL, dispatched_until = -1, finished_at = ? \
                  WHERE workflow_id = ? AND status IN ('PENDING', 'QUEUED', 'RUNNING', 'RETRYING') \
                  RETURNING key, position",
                 vec![now.into(), wf.into()],
@@ -385,7 +384,8 @@ impl Store {
     ) -> Result<bool, Error> {
         let Some(row) = txn
             .query_one_raw(self.db.stmt(
-                "UPDATE task SET status = 'COMPENSATED', lease_until = NULL WHERE id = ? AND comp_attempts = ? \
+                "UPDATE task SET status = 'COMPENSATED', lease_until = NULL, dispatched_until = -1 \
+                 WHERE id = ? AND comp_attempts = ? \
                  AND status = 'COMPENSATING' AND lease_until IS NOT NULL RETURNING workflow_id, key",
                 vec![(*id).into(), attempt.into()],
             ))
@@ -440,9 +440,10 @@ impl Store {
             report.made_ready += 1;
             return Ok(true);
         }
-        txn.execute_raw(
-            self.db.stmt("UPDATE task SET status = 'COMPENSATION_FAILED' WHERE id = ?", vec![(*id).into()]),
-        )
+        txn.execute_raw(self.db.stmt(
+            "UPDATE task SET status = 'COMPENSATION_FAILED', dispatched_until = -1 WHERE id = ?",
+            vec![(*id).into()],
+        ))
         .await?;
         let mut events = vec![
             NewEvent::task(EventType::TaskCompensationFailed, key)

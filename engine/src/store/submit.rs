@@ -9,7 +9,7 @@ use taskorch_domain::dag::ValidatedWorkflow;
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
 use taskorch_entity::{task, workflow};
 
-use super::{Store, is_unique_violation};
+use super::{DUE, IN_NO_QUEUE, Store, is_unique_violation};
 use crate::error::Error;
 use crate::model::{EventRecord, WorkflowRecord};
 use crate::queue::{Dispatch, Phase};
@@ -76,7 +76,7 @@ impl Store {
             .map(|(i, t)| {
                 let root = t.depends_on.is_empty();
                 let id = TaskId::new();
-                let mut dispatched_until = 0;
+                let mut dispatched_until = if root { DUE } else { IN_NO_QUEUE };
                 if root {
                     events.push(NewEvent::task(EventType::TaskQueued, t.key.clone()));
                     if let Some(at_submit) = &new.dispatch

@@ -203,3 +203,94 @@ fn bulk_rows_serialise_to_their_tables_columns() {
     };
     assert_eq!(keys_of(&task), columns(&super::bulk::TASK));
 }
+
+/// The task row of `key` in workflow `wf`.
+async fn task_row(store: &Store, wf: uuid::Uuid, key: &str) -> taskorch_entity::task::Model {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use taskorch_entity::task;
+    task::Entity::find()
+        .filter(task::Column::WorkflowId.eq(wf))
+        .filter(task::Column::Key.eq(key))
+        .one(&store.db.write)
+        .await
+        .expect("read")
+        .expect("the task exists")
+}
+
+async fn sleep_until(at_us: i64) {
+    while crate::time::now_us() <= at_us {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_claim_keeps_its_dispatch_and_the_reaper_follows_the_extended_lease_until_it_runs_out() {
+    let (store, dir) = store().await;
+    let until = crate::time::now_us() + 150_000;
+    let at_submit = DispatchAtSubmit { until, kinds: None };
+    let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("b", "noop").after(&["a"])];
+    let (wf, dispatches) = submit(&store, tasks, Some(at_submit)).await;
+    assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::IN_NO_QUEUE, "b waits in no queue");
+    // The claim leaves every indexed column as it was (a HOT update on PostgreSQL): the dispatch's visibility is no
+    // later than the lease.
+    let lease_us = 400_000;
+    let (claimed, _) = store.claim(&dispatches, lease_us).await.expect("claim");
+    let a = claimed.first().expect("claimed").clone();
+    let row = task_row(&store, wf, "a").await;
+    assert_eq!(row.dispatched_until, until, "the claim kept the dispatch's visibility");
+    assert!(row.lease_until.is_some_and(|l| l >= until));
+    // The visibility passes while the attempt is alive (heartbeats): not reaped, looked at again with the lease.
+    sleep_until(until).await;
+    let held = [(a.task_id, Phase::Run, a.attempt)];
+    assert!(store.heartbeat(&held, lease_us).await.expect("heartbeat").is_empty(), "still held");
+    assert_eq!(store.expire_dispatches().await.expect("expire"), 0, "a leased task is not dispatched again");
+    assert!(store.expired_leases(10).await.expect("scan").is_empty(), "the lease is alive");
+    let row = task_row(&store, wf, "a").await;
+    let lease = row.lease_until.expect("leased");
+    assert_eq!(row.dispatched_until, lease, "the reaper looks again when the extended lease runs out");
+    // The worker is gone: no more heartbeats. Once the lease runs out, the reaper finds the attempt.
+    sleep_until(lease).await;
+    let expired = store.expired_leases(10).await.expect("scan");
+    assert_eq!(expired.iter().map(|o| (o.task_id, o.attempt)).collect::<Vec<_>>(), vec![(a.task_id, a.attempt)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_lease_shorter_than_the_dispatch_visibility_is_reaped_when_it_runs_out() {
+    let (store, dir) = store().await;
+    let at_submit = DispatchAtSubmit { until: crate::time::now_us() + 60_000_000, kinds: None };
+    let (wf, dispatches) = submit(&store, vec![TaskSpec::new("a", "noop")], Some(at_submit)).await;
+    let (claimed, _) = store.claim(&dispatches, 150_000).await.expect("claim");
+    let a = claimed.first().expect("claimed").clone();
+    let row = task_row(&store, wf, "a").await;
+    let lease = row.lease_until.expect("leased");
+    assert_eq!(row.dispatched_until, lease, "the reaper must not wait for the minute-long visibility");
+    sleep_until(lease).await;
+    let expired = store.expired_leases(10).await.expect("scan");
+    assert_eq!(expired.iter().map(|o| o.task_id).collect::<Vec<_>>(), vec![a.task_id]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn finished_tasks_and_tasks_waiting_for_dependencies_are_in_no_queue() {
+    let (store, dir) = store().await;
+    let wf = submit_pair(&store).await;
+    assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::DUE);
+    assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::IN_NO_QUEUE);
+    let a = claim_root(&store).await;
+    let done =
+        Outcome { task_id: a.task_id, phase: Phase::Run, attempt: a.attempt, kind: OutcomeKind::Completed(json!(1)) };
+    let report = store.report(vec![done], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!(report.made_ready, 1);
+    assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::IN_NO_QUEUE, "completed");
+    assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::DUE, "made ready");
+    let b = claim_root(&store).await;
+    assert_eq!(b.key, "b");
+    let failed =
+        Outcome { task_id: b.task_id, phase: Phase::Run, attempt: b.attempt, kind: OutcomeKind::Failed("no".into()) };
+    store.report(vec![failed], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    let row = task_row(&store, wf, "b").await;
+    assert_eq!(row.status, "RETRYING");
+    assert_eq!(row.dispatched_until, super::DUE, "a retry is due again");
+    let _ = std::fs::remove_dir_all(&dir);
+}

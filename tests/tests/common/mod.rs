@@ -126,6 +126,11 @@ fn service_env() -> Vec<(String, String)> {
     env
 }
 
+/// Whether the tests run against PostgreSQL.
+pub fn postgres() -> bool {
+    std::env::var("TASKORCH_TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())
+}
+
 /// Whether the tests run against RabbitMQ and Redis.
 pub fn production_services() -> bool {
     std::env::var("TASKORCH_TEST_AMQP_URL").is_ok_and(|u| !u.is_empty())
