@@ -12,7 +12,7 @@ DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 PASS=bench-admin-password
 (cd "$DIR" && TASKORCH_LISTEN=127.0.0.1:0 TASKORCH_LOG=warn TASKORCH_ADMIN_PASSWORD=$PASS \
-  TASKORCH_RATE_LIMITS=list=0,read=0,write=0,subscribe=0,login=0 "$BIN" > "$DIR/out" 2>&1) &
+  TASKORCH_RATE_LIMITS=list=0,read=0,write=0,subscribe=0,login=0 exec "$BIN" > "$DIR/out" 2>&1) &
 PID=$!
 for _ in $(seq 100); do grep -q listening "$DIR/out" 2>/dev/null && break; sleep 0.1; done
 URL=$(grep -o 'http://[^ ]*/graphql' "$DIR/out" | head -1)

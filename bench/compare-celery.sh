@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/celery" ]; then
 fi
 workdir=$(mktemp -d)
 cp "$PEERS/tasks.py" "$PEERS/bench.py" "$workdir/"
-(cd "$workdir" && "$VENV/bin/celery" -A tasks worker -c 8 -P threads -l warning >/dev/null 2>&1) &
+(cd "$workdir" && exec "$VENV/bin/celery" -A tasks worker -c 8 -P threads -l warning >/dev/null 2>&1) &
 celery_pid=$!
 trap 'kill $celery_pid 2>/dev/null || true; rm -rf "$workdir"' EXIT
 sleep 5

@@ -408,7 +408,8 @@ impl Store {
     }
 
     /// The run-phase claims of a batch as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL), in the
-    /// batch's order (highest priority first). A dispatch whose row moved on claims nothing.
+    /// batch's order (highest priority first). A dispatch whose row moved on claims nothing; of one delivered twice
+    /// the first claims.
     async fn claim_runs<'a>(
         &self,
         txn: &DatabaseTransaction,
@@ -430,8 +431,8 @@ impl Store {
         let body = serde_json::to_string(&rows).map_err(Error::corrupt)?;
         let sql = format!(
             "UPDATE task SET {RUN_CLAIM_SET} \
-             FROM (SELECT DISTINCT ON (id) id, fence, idx FROM json_to_recordset(?::json) AS r(id uuid, fence int, \
-               idx int) ORDER BY id, idx) AS v \
+             FROM (SELECT DISTINCT ON (id, fence) id, fence, idx FROM json_to_recordset(?::json) \
+               AS r(id uuid, fence int, idx int) ORDER BY id, fence, idx) AS v \
              WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.fence \
                AND task.status IN {RUN_STATUSES} AND {WORKFLOW_RUNNING} \
              RETURNING {RUN_CLAIM_COLUMNS}, v.idx"

@@ -117,7 +117,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Completions as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL); stale ones are counted.
+    /// Completions as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL); stale ones are counted. Of two
+    /// outcomes of one task, the one of the attempt that holds it completes it (the first, if both are).
     async fn complete_many(
         &self,
         txn: &DatabaseTransaction,
@@ -153,8 +154,8 @@ impl Store {
         let rows = serde_json::to_string(&rows).map_err(Error::corrupt)?;
         let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
                      dispatched_until = -1, finished_at = ? \
-                   FROM (SELECT DISTINCT ON (id) id, attempt, result, idx FROM json_to_recordset(?::json) \
-                     AS r(id uuid, attempt int, result json, idx int) ORDER BY id, idx) AS v \
+                   FROM (SELECT DISTINCT ON (id, attempt) id, attempt, result, idx FROM json_to_recordset(?::json) \
+                     AS r(id uuid, attempt int, result json, idx int) ORDER BY id, attempt, idx) AS v \
                    WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
                      AND task.status = 'RUNNING' \
                    RETURNING task.workflow_id, task.key, task.dependents, v.idx";

@@ -1,5 +1,7 @@
-//! Repository tests on a fresh SQLite file: paths of the hop that the black-box suite passes through without
-//! being able to tell which one ran.
+//! Repository tests on a fresh database — a SQLite file, or a new PostgreSQL database when
+//! `TASKORCH_TEST_DATABASE_URL` names a server (`.ci/run` runs them on both: claims and completions take set-based
+//! paths on PostgreSQL) — for paths of the hop that the black-box suite passes through without being able to tell
+//! which one ran.
 
 use std::collections::HashMap;
 
@@ -13,13 +15,48 @@ use crate::queue::{Dispatch, Phase};
 
 const LEASE_US: i64 = 30_000_000;
 
-async fn store() -> (Store, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("taskorch-store-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+/// Where a test's database lives; removed when the test ends.
+enum Fixture {
+    Dir(std::path::PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        match self {
+            Fixture::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Fixture::Postgres { admin_url, name } => {
+                let _ = std::process::Command::new("psql")
+                    .args([admin_url.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                    .output();
+            }
+        }
+    }
+}
+
+async fn store() -> (Store, Fixture) {
+    let (url, fixture) = match std::env::var("TASKORCH_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(admin_url) => {
+            let name = format!("taskorch_store_{}", uuid::Uuid::new_v4().simple());
+            let out = std::process::Command::new("psql")
+                .args([admin_url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+                .output()
+                .expect("psql runs");
+            assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
+            let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+            (format!("{base}/{name}"), Fixture::Postgres { admin_url: admin_url.clone(), name })
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("taskorch-store-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            (format!("sqlite://{}?mode=rwc", dir.join("t.db").display()), Fixture::Dir(dir))
+        }
+    };
     let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
     db.migrate().await.expect("migrate");
-    (Store::new(db), dir)
+    (Store::new(db), fixture)
 }
 
 /// Stores `a → b` (both `noop`) and returns the workflow's id.
@@ -52,7 +89,7 @@ async fn submit(
 
 #[tokio::test]
 async fn roots_dispatched_at_submit_skip_the_dispatcher_and_come_back_if_never_claimed() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("m", "mail"), TaskSpec::new("b", "noop").after(&["a"])];
     let until = crate::time::now_us() + 200_000;
     let at_submit = DispatchAtSubmit { until, kinds: Some(vec!["noop".into()]) };
@@ -75,7 +112,6 @@ async fn roots_dispatched_at_submit_skip_the_dispatcher_and_come_back_if_never_c
     let (claimed, _) = store.claim(&[dispatches[0].clone(), again[0].clone()], LEASE_US).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!((claimed[0].key.as_str(), claimed[0].attempt), ("a", 1));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Claims the root task `a` as a worker would: dispatch, then a fenced claim.
@@ -88,7 +124,7 @@ async fn claim_root(store: &Store) -> Claimed {
 
 #[tokio::test]
 async fn completing_a_task_continues_its_ready_dependent_with_the_reported_result_as_input() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let wf = submit_pair(&store).await;
     let a = claim_root(&store).await;
     assert!(a.has_dependents);
@@ -110,12 +146,11 @@ async fn completing_a_task_continues_its_ready_dependent_with_the_reported_resul
     let status: HashMap<_, _> = tasks.iter().map(|t| (t.key.as_str(), t.status)).collect();
     assert_eq!(status["a"], TaskStatus::Completed);
     assert_eq!(status["b"], TaskStatus::Running);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_reading_them() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let wf = submit_pair(&store).await;
     let b_of = |inputs| Claimed {
         task_id: taskorch_domain::TaskId::new(),
@@ -136,7 +171,7 @@ async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_
     store.fill_inputs(&mut read, &HashMap::new()).await.expect("inputs from the database");
     assert_eq!(read[0].inputs, json!({ "a": null }));
     // With it (completed in the claiming transaction), the database is not asked: it is closed here.
-    store.database().write.get_sqlite_connection_pool().close().await;
+    store.database().write.close_by_ref().await.expect("close");
     let known = HashMap::from([((wf, "a".to_owned()), json!({ "n": 7 }))]);
     let mut continued = [b_of(json!(["a"]))];
     store.fill_inputs(&mut continued, &known).await.expect("no read needed");
@@ -144,7 +179,6 @@ async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_
     // The same call without the result does need the (now closed) database: the path above did not read.
     let mut unknown = [b_of(json!(["a"]))];
     assert!(store.fill_inputs(&mut unknown, &HashMap::new()).await.is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The keys a row serialises to, for `bulk::insert_json` (a key that is not a column would be an SQL NULL).
@@ -225,7 +259,7 @@ async fn sleep_until(at_us: i64) {
 
 #[tokio::test]
 async fn a_claim_keeps_its_dispatch_and_the_reaper_follows_the_extended_lease_until_it_runs_out() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let until = crate::time::now_us() + 150_000;
     let at_submit = DispatchAtSubmit { until, kinds: None };
     let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("b", "noop").after(&["a"])];
@@ -252,12 +286,11 @@ async fn a_claim_keeps_its_dispatch_and_the_reaper_follows_the_extended_lease_un
     sleep_until(lease).await;
     let expired = store.expired_leases(10).await.expect("scan");
     assert_eq!(expired.iter().map(|o| (o.task_id, o.attempt)).collect::<Vec<_>>(), vec![(a.task_id, a.attempt)]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_lease_shorter_than_the_dispatch_visibility_is_reaped_when_it_runs_out() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let at_submit = DispatchAtSubmit { until: crate::time::now_us() + 60_000_000, kinds: None };
     let (wf, dispatches) = submit(&store, vec![TaskSpec::new("a", "noop")], Some(at_submit)).await;
     let (claimed, _) = store.claim(&dispatches, 150_000).await.expect("claim");
@@ -268,12 +301,11 @@ async fn a_lease_shorter_than_the_dispatch_visibility_is_reaped_when_it_runs_out
     sleep_until(lease).await;
     let expired = store.expired_leases(10).await.expect("scan");
     assert_eq!(expired.iter().map(|o| o.task_id).collect::<Vec<_>>(), vec![a.task_id]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn finished_tasks_and_tasks_waiting_for_dependencies_are_in_no_queue() {
-    let (store, dir) = store().await;
+    let (store, _fixture) = store().await;
     let wf = submit_pair(&store).await;
     assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::DUE);
     assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::IN_NO_QUEUE);
@@ -292,5 +324,48 @@ async fn finished_tasks_and_tasks_waiting_for_dependencies_are_in_no_queue() {
     let row = task_row(&store, wf, "b").await;
     assert_eq!(row.status, "RETRYING");
     assert_eq!(row.dispatched_until, super::DUE, "a retry is due again");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_batch_claims_each_fresh_dispatch_once_in_its_order_and_completes_with_the_reported_results() {
+    let (store, _fixture) = store().await;
+    let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("b", "noop"), TaskSpec::new("c", "noop")];
+    let (wf, _) = submit(&store, tasks, None).await;
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    assert_eq!(due.len(), 3);
+    // Which dispatch is which task: claim order is the batch's, so map them through the rows.
+    let mut id_of = HashMap::new();
+    for key in ["a", "b", "c"] {
+        id_of.insert(key, task_row(&store, wf, key).await.id);
+    }
+    let dispatch = |key: &str| due.iter().find(|d| d.task_id.0 == id_of[key]).expect("dispatched").clone();
+    let mut stale_b = dispatch("b");
+    stale_b.fence = 5;
+    // c first, a twice (a duplicate message), b with a fence its row moved past.
+    let batch = [dispatch("c"), dispatch("a"), dispatch("a"), stale_b];
+    let (claimed, _) = store.claim(&batch, LEASE_US).await.expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), vec!["c", "a"]);
+    assert!(claimed.iter().all(|c| c.attempt == 1));
+    assert_eq!(task_row(&store, wf, "b").await.status, "QUEUED", "the stale dispatch claimed nothing");
+    let done = |c: &Claimed, attempt: i32, result: serde_json::Value| Outcome {
+        task_id: c.task_id,
+        phase: Phase::Run,
+        attempt,
+        kind: OutcomeKind::Completed(result),
+    };
+    let (c, a) = (&claimed[0], &claimed[1]);
+    let outcomes = vec![done(c, 1, json!({ "z": 1, "a": [2] })), done(a, 7, json!("stale")), done(a, 1, json!(null))];
+    let report = store.report(outcomes, &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!(report.stale, 1, "the completion with another attempt is refused");
+    let c_row = task_row(&store, wf, "c").await;
+    assert_eq!((c_row.status.as_str(), c_row.result), ("COMPLETED", Some(json!({ "z": 1, "a": [2] }))));
+    let a_row = task_row(&store, wf, "a").await;
+    assert_eq!((a_row.status.as_str(), a_row.result), ("COMPLETED", None), "a null result is no result");
+    let completed: Vec<_> = report
+        .events
+        .iter()
+        .filter(|e| e.event_type == taskorch_domain::EventType::TaskCompleted)
+        .filter_map(|e| e.task_key.clone())
+        .collect();
+    assert_eq!(completed, vec!["c", "a"], "TASK_COMPLETED in the order reported");
 }
