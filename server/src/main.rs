@@ -1,5 +1,8 @@
 //! `taskorch`: the server binary. With no configuration it runs everything in one process on a SQLite file.
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;

@@ -1,5 +1,8 @@
 //! `taskorch-worker`: a separate worker process.
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 
 use clap::Parser;

@@ -2,6 +2,9 @@
 //! PostgreSQL. Prints submission time of 10,000-task DAGs, independent noop throughput, chain hop latency and a
 //! 1,000-wide fan-out/fan-in. Build with `--release`; see BENCHMARKS.md for the commands and figures.
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
