@@ -7,23 +7,28 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const DISPATCHABLE: &str = "status IN ('QUEUED', 'RETRYING', 'COMPENSATING')";
+pub(crate) const DISPATCHABLE: &str = "status IN ('QUEUED', 'RETRYING', 'COMPENSATING')";
+
+/// Creates this migration's `task_due` and `task_dispatched` (also what migration 8 restores when it is undone).
+pub(crate) async fn create_indexes(db: &SchemaManagerConnection<'_>) -> Result<(), DbErr> {
+    db.execute_unprepared(&format!(
+        "CREATE INDEX task_due ON task (priority DESC, available_at) \
+         WHERE {DISPATCHABLE} AND dispatched_until = 0 AND lease_until IS NULL"
+    ))
+    .await?;
+    db.execute_unprepared(&format!(
+        "CREATE INDEX task_dispatched ON task (dispatched_until) WHERE {DISPATCHABLE} AND dispatched_until > 0"
+    ))
+    .await?;
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared("DROP INDEX IF EXISTS task_dispatchable").await?;
-        db.execute_unprepared(&format!(
-            "CREATE INDEX task_due ON task (priority DESC, available_at) \
-             WHERE {DISPATCHABLE} AND dispatched_until = 0 AND lease_until IS NULL"
-        ))
-        .await?;
-        db.execute_unprepared(&format!(
-            "CREATE INDEX task_dispatched ON task (dispatched_until) WHERE {DISPATCHABLE} AND dispatched_until > 0"
-        ))
-        .await?;
-        Ok(())
+        create_indexes(db).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -10,10 +10,10 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::m20261126_000006_split_dispatch_index::{DISPATCHABLE, create_indexes};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
-
-const DISPATCHABLE: &str = "status IN ('QUEUED', 'RETRYING', 'COMPENSATING')";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -44,15 +44,7 @@ impl MigrationTrait for Migration {
             db.execute_unprepared(&format!("DROP INDEX IF EXISTS {index}")).await?;
         }
         db.execute_unprepared("UPDATE task SET dispatched_until = 0 WHERE dispatched_until < 0").await?;
-        db.execute_unprepared(&format!(
-            "CREATE INDEX task_due ON task (priority DESC, available_at) \
-             WHERE {DISPATCHABLE} AND dispatched_until = 0 AND lease_until IS NULL"
-        ))
-        .await?;
-        db.execute_unprepared(&format!(
-            "CREATE INDEX task_dispatched ON task (dispatched_until) WHERE {DISPATCHABLE} AND dispatched_until > 0"
-        ))
-        .await?;
+        create_indexes(db).await?;
         db.execute_unprepared("CREATE INDEX task_leased ON task (lease_until) WHERE lease_until IS NOT NULL").await?;
         if manager.get_database_backend() == sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
             db.execute_unprepared("ALTER TABLE task RESET (fillfactor)").await?;

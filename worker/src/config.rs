@@ -118,3 +118,26 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(args: &[&str]) -> EngineOptions {
+        let mut argv = vec!["taskorch-worker"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("valid arguments").engine_options()
+    }
+
+    #[test]
+    fn the_redelivery_defaults_to_the_lease_with_or_without_a_broker() {
+        // A claim within the redelivery keeps the row's indexed columns (a HOT update): it must not outlast the lease.
+        let embedded = options(&[]);
+        assert_eq!(embedded.redeliver_after, embedded.lease);
+        assert_eq!(embedded.lease, Duration::from_secs(30));
+        let broker = options(&["--amqp-url", "amqp://127.0.0.1:5672/%2f", "--lease-ms", "5000"]);
+        assert_eq!(broker.redeliver_after, Duration::from_millis(5000));
+        let set = options(&["--lease-ms", "5000", "--redeliver-after-ms", "1000"]);
+        assert_eq!(set.redeliver_after, Duration::from_millis(1000));
+    }
+}

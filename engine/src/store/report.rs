@@ -104,8 +104,8 @@ impl Store {
     ) -> Result<bool, Error> {
         let Some(row) = txn
             .query_one_raw(self.db.stmt(
-                "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, dispatched_until = -1, \
-                   finished_at = ? \
+                "UPDATE task SET status = 'COMPLETED', result = ?, error = NULL, lease_until = NULL, \
+                   dispatched_until = -1, finished_at = ? \
                  WHERE id = ? AND attempts = ? AND status = 'RUNNING' RETURNING workflow_id, key, dependents",
                 vec![json_value(result.clone()), now.into(), (*id).into(), attempt.into()],
             ))

@@ -36,8 +36,9 @@ impl Drop for Fixture {
     }
 }
 
-async fn store() -> (Store, Fixture) {
-    let (url, fixture) = match std::env::var("TASKORCH_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+/// A new, empty database (no migration run) and what removes it.
+fn fresh_database() -> (String, Fixture) {
+    match std::env::var("TASKORCH_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(admin_url) => {
             let name = format!("taskorch_store_{}", uuid::Uuid::new_v4().simple());
             let out = std::process::Command::new("psql")
@@ -53,7 +54,11 @@ async fn store() -> (Store, Fixture) {
             std::fs::create_dir_all(&dir).expect("temp dir");
             (format!("sqlite://{}?mode=rwc", dir.join("t.db").display()), Fixture::Dir(dir))
         }
-    };
+    }
+}
+
+async fn store() -> (Store, Fixture) {
+    let (url, fixture) = fresh_database();
     let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
     db.migrate().await.expect("migrate");
     (Store::new(db), fixture)
@@ -368,4 +373,54 @@ async fn a_batch_claims_each_fresh_dispatch_once_in_its_order_and_completes_with
         .filter_map(|e| e.task_key.clone())
         .collect();
     assert_eq!(completed, vec!["c", "a"], "TASK_COMPLETED in the order reported");
+}
+
+#[tokio::test]
+async fn migration_8_gives_existing_rows_their_queue_position_and_leased_rows_their_reaper_time() {
+    use sea_orm::ConnectionTrait;
+    use taskorch_migration::{Migrator, MigratorTrait};
+    let (url, _fixture) = fresh_database();
+    let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
+    Migrator::up(&db.write, Some(7)).await.expect("migrations 1-7");
+    let store = Store::new(db);
+    let keys = ["done", "waiting", "running", "due", "dispatched"];
+    let (wf, _) = submit(&store, keys.iter().map(|k| TaskSpec::new(*k, "noop")).collect(), None).await;
+    // The rows as migration 7's code left them: `dispatched_until` 0 unless a dispatch is in flight.
+    let lease = crate::time::now_us() - 1;
+    for (key, status, dispatched_until, lease_until) in [
+        ("done", "COMPLETED", 0, None),
+        ("waiting", "PENDING", 0, None),
+        ("running", "RUNNING", 12_345, Some(lease)),
+        ("due", "QUEUED", 0, None),
+        ("dispatched", "QUEUED", 67_890, None),
+    ] {
+        store
+            .db
+            .write
+            .execute_raw(store.db.stmt(
+                "UPDATE task SET status = ?, dispatched_until = ?, lease_until = ? WHERE workflow_id = ? AND key = ?",
+                vec![status.into(), dispatched_until.into(), lease_until.into(), wf.into(), key.into()],
+            ))
+            .await
+            .expect("old row");
+    }
+    Migrator::up(&store.db.write, None).await.expect("migration 8");
+    let mut after = Vec::new();
+    for key in keys {
+        after.push((key, task_row(&store, wf, key).await.dispatched_until));
+    }
+    assert_eq!(
+        after,
+        vec![
+            ("done", super::IN_NO_QUEUE),
+            ("waiting", super::IN_NO_QUEUE),
+            ("running", lease),
+            ("due", super::DUE),
+            ("dispatched", 67_890)
+        ]
+    );
+    // The attempt whose lease ran out before the upgrade is found by the reaper after it.
+    let expired = store.expired_leases(10).await.expect("scan");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].task_id.0, task_row(&store, wf, "running").await.id);
 }
