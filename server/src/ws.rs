@@ -27,6 +27,9 @@ use futures::{SinkExt, Stream, StreamExt};
 /// Messages written before one flush, at most (a burst larger than this is flushed in parts).
 const MAX_BATCH: usize = 512;
 
+/// Bytes a connection reads from its socket at once (tungstenite zero-fills this much before each read).
+pub const READ_BUFFER: usize = 8 * 1024;
+
 /// The subprotocol the client asked for (`Sec-WebSocket-Protocol`): graphql-transport-ws or the legacy graphql-ws;
 /// 400 when it names neither.
 #[derive(Debug, Clone, Copy)]

@@ -366,6 +366,44 @@ async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
     assert_eq!(tail.last().unwrap()["type"], "WORKFLOW_COMPLETED");
 }
 
+/// Subscribers with the same document, variables and credential share one execution of the stream (see
+/// `server/src/fanout.rs`): whenever one joins, and whoever leaves, each still gets the whole stream.
+#[tokio::test]
+async fn identical_subscriptions_opened_at_different_times_each_get_the_whole_stream() {
+    let server = Server::start().await;
+    let tasks: Vec<Value> = (0..6)
+        .map(|i| {
+            let mut t = json!({ "key": format!("t{i}"), "kind": "sleep", "payload": { "ms": 60 } });
+            if i > 0 {
+                t["dependsOn"] = json!([format!("t{}", i - 1)]);
+            }
+            t
+        })
+        .collect();
+    let id = server.submit(json!({ "name": "watched by many", "tasks": tasks })).await;
+    let mut first = server.subscribe(EVENTS, json!({ "id": id })).await;
+    let mut seen_first = Vec::new();
+    until(&mut first, &mut seen_first, "TASK_COMPLETED", Some("t1")).await;
+    let mut second = server.subscribe(EVENTS, json!({ "id": id })).await;
+    let mut seen_second = vec![next_event(&mut second).await];
+    assert_eq!(server.metric("taskorch_active_subscriptions").await, 2.0);
+    // The first subscriber, whose execution the others may share, leaves; then a third arrives.
+    first.close().await;
+    until(&mut second, &mut seen_second, "TASK_COMPLETED", Some("t3")).await;
+    let mut third = server.subscribe(EVENTS, json!({ "id": id })).await;
+    let (mut seen_third, mut more) = (Vec::new(), Vec::new());
+    rest(&mut third, &mut seen_third).await;
+    rest(&mut second, &mut more).await;
+    seen_second.extend(more);
+    for seen in [&seen_second, &seen_third] {
+        common::assert_gapless(seen, 1);
+        assert_eq!(seen.last().unwrap()["type"], "WORKFLOW_COMPLETED");
+    }
+    assert_eq!(seen_second, seen_third);
+    assert_eq!(seen_first[..], seen_second[..seen_first.len()]);
+    assert_eq!(seen_second.len(), server.events(&id).await.len(), "every stored event, once");
+}
+
 #[tokio::test]
 async fn the_firehose_filters_by_name_and_type() {
     let server = Server::start().await;

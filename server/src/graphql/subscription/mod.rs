@@ -5,5 +5,5 @@ mod guard;
 mod hub;
 
 pub use events::EventSubscription;
-pub use guard::ActiveSubscriptions;
+pub use guard::{ActiveSubscriptions, Guard};
 pub use hub::EventHub;
