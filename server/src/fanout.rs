@@ -124,10 +124,9 @@ impl<E: Executor> Executor for Shared<E> {
         if let Some(group) = existing.filter(|g| g.joinable()) {
             return Member::Candidate { own, group, active: self.active.clone(), held: None }.boxed();
         }
-        let group = Group::start(own, key.clone(), Arc::downgrade(&self.groups), &self.active);
+        let (group, id) = Group::start(own, key.clone(), Arc::downgrade(&self.groups), &self.active);
         let stale = lock(&self.groups).insert(key, Arc::downgrade(&group));
         drop(stale);
-        let id = group.enter(0);
         Member::Reading(Membership { group, id, _guard: self.active.enter() }).boxed()
     }
 }
@@ -175,14 +174,16 @@ struct Slot {
 
 impl Group {
     /// A group over `own` (the first subscriber's stream), driven by a task of its own so that it outlives any one
-    /// member.
+    /// member; with that subscriber as its first member (entered before the task starts, so nothing is dropped
+    /// before it read it).
     fn start(
         own: BoxStream<'static, Response>,
         key: Key,
         registry: Weak<Mutex<HashMap<Key, Weak<Group>>>>,
         active: &ActiveSubscriptions,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, u64) {
         let group = Arc::new(Self { state: Mutex::default(), driver: OnceLock::new(), key, registry });
+        let first_member = group.enter(0);
         let weak = Arc::downgrade(&group);
         // The driven stream counts itself as a subscriber; its members already do.
         let uncounted = active.exclude();
@@ -216,7 +217,7 @@ impl Group {
             }
         });
         let _ = group.driver.set(driver.abort_handle());
-        group
+        (group, first_member)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
