@@ -226,12 +226,11 @@ impl Group {
 
     fn joinable(&self) -> bool {
         let st = self.lock();
-        // Not yet begun is fine (a newcomer waits for the first response); begun with an error or ended empty is not.
-        let began_well = match &st.first {
-            Some(first) => first.errors.is_empty(),
-            None => !st.done,
-        };
-        !st.trimmed && began_well
+        // Not yet begun is fine (a newcomer waits for the first response); begun with an error is not. An ended
+        // stream is not: a workflow that was final when it ended may have been resumed since (`retryWorkflow`), and
+        // a newcomer's own stream would go on with it.
+        let began_well = st.first.as_ref().is_none_or(|first| first.errors.is_empty());
+        !st.trimmed && !st.done && began_well
     }
 
     /// A new member reading from `cursor`.
@@ -244,9 +243,8 @@ impl Group {
     fn decide(&self, first: &Response, cx: &Context<'_>) -> Poll<Option<u64>> {
         let mut st = self.lock();
         let same = match &st.first {
-            _ if st.trimmed || !first.errors.is_empty() => false,
+            _ if st.trimmed || st.done || !first.errors.is_empty() => false,
             Some(theirs) => theirs == first,
-            None if st.done => false,
             None => {
                 st.waiting.push(cx.waker().clone());
                 return Poll::Pending;
@@ -517,6 +515,24 @@ mod tests {
         assert_eq!(next_sequence(&mut first).await, Some(1));
         assert_eq!(next_sequence(&mut first).await, Some(2));
         assert_eq!(next_sequence(&mut second).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn nobody_joins_a_stream_that_has_ended() {
+        let fake = Fake::default();
+        let shared = Shared::new(fake.clone(), ActiveSubscriptions::default());
+        let mut first = subscribe(&shared, WATCH, "w1", "token");
+        fake.send(0, 1);
+        fake.end(0);
+        assert_eq!(next_sequence(&mut first).await, Some(1));
+        // `first` has not read the end yet, so the group is still there; its workflow may have been resumed since.
+        let mut second = subscribe(&shared, WATCH, "w1", "token");
+        fake.send(1, 1);
+        fake.send(1, 2);
+        assert_eq!(next_sequence(&mut second).await, Some(1));
+        assert_eq!(next_sequence(&mut second).await, Some(2), "it goes on with its own stream");
+        assert!(!fake.dropped(1));
+        assert_eq!(next_sequence(&mut first).await, None);
     }
 
     #[tokio::test]
