@@ -469,14 +469,20 @@ mod tests {
         }
     }
 
+    /// A `WATCH` of workflow w1 whose own execution (the `execution`th) begins with event 1, read.
+    async fn opened(shared: &Shared<Fake>, fake: &Fake, execution: usize) -> BoxStream<'static, Response> {
+        let mut stream = subscribe(shared, WATCH, "w1", "token");
+        fake.send(execution, 1);
+        assert_eq!(next_sequence(&mut stream).await, Some(1));
+        stream
+    }
+
     #[tokio::test]
     async fn the_same_stream_is_executed_once_after_each_subscribers_first_event() {
         let fake = Fake::default();
         let active = fake.1.clone();
         let shared = Shared::new(fake.clone(), active.clone());
-        let mut first = subscribe(&shared, WATCH, "w1", "token");
-        fake.send(0, 1);
-        assert_eq!(next_sequence(&mut first).await, Some(1));
+        let mut first = opened(&shared, &fake, 0).await;
 
         let mut second = subscribe(&shared, WATCH, "w1", "token");
         assert_eq!(fake.executions(), 2, "a newcomer starts its own execution (limits, credential, NOT_FOUND)");
@@ -539,9 +545,7 @@ mod tests {
     async fn a_newcomer_whose_stream_began_differently_keeps_its_own() {
         let fake = Fake::default();
         let shared = Shared::new(fake.clone(), ActiveSubscriptions::default());
-        let mut first = subscribe(&shared, WATCH, "w1", "token");
-        fake.send(0, 1);
-        assert_eq!(next_sequence(&mut first).await, Some(1));
+        let mut first = opened(&shared, &fake, 0).await;
         let mut second = subscribe(&shared, WATCH, "w1", "token");
         fake.send(1, 7);
         assert_eq!(next_sequence(&mut second).await, Some(7));
@@ -557,12 +561,8 @@ mod tests {
         let fake = Fake::default();
         let active = fake.1.clone();
         let shared = Shared::new(fake.clone(), active.clone());
-        let mut first = subscribe(&shared, WATCH, "w1", "token");
-        fake.send(0, 1);
-        assert_eq!(next_sequence(&mut first).await, Some(1));
-        let mut second = subscribe(&shared, WATCH, "w1", "token");
-        fake.send(1, 1);
-        assert_eq!(next_sequence(&mut second).await, Some(1));
+        let first = opened(&shared, &fake, 0).await;
+        let mut second = opened(&shared, &fake, 1).await;
         drop(first);
         assert_eq!(active.get(), 1);
         fake.send(0, 2);

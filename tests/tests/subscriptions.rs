@@ -21,6 +21,19 @@ fn keyed(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Tasks t0 → t1 → … each sleeping `ms`.
+fn sleep_chain(n: usize, ms: u64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let mut t = json!({ "key": format!("t{i}"), "kind": "sleep", "payload": { "ms": ms } });
+            if i > 0 {
+                t["dependsOn"] = json!([format!("t{}", i - 1)]);
+            }
+            t
+        })
+        .collect()
+}
+
 async fn next_event(sub: &mut Subscription) -> Value {
     tokio::time::timeout(MINUTE, sub.next()).await.expect("event in time").expect("stream open")["workflowEvents"]
         .clone()
@@ -341,15 +354,7 @@ async fn bulk_cancel_and_retry_return_counts() {
 #[tokio::test]
 async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
     let server = Server::start().await;
-    let tasks: Vec<Value> = (0..6)
-        .map(|i| {
-            let mut t = json!({ "key": format!("t{i}"), "kind": "sleep", "payload": { "ms": 60 } });
-            if i > 0 {
-                t["dependsOn"] = json!([format!("t{}", i - 1)]);
-            }
-            t
-        })
-        .collect();
+    let tasks = sleep_chain(6, 60);
     let id = server.submit(json!({ "name": "late", "tasks": tasks })).await;
     let mut early = server.subscribe(EVENTS, json!({ "id": id })).await;
     let mut first = Vec::new();
@@ -371,15 +376,7 @@ async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
 #[tokio::test]
 async fn identical_subscriptions_opened_at_different_times_each_get_the_whole_stream() {
     let server = Server::start().await;
-    let tasks: Vec<Value> = (0..6)
-        .map(|i| {
-            let mut t = json!({ "key": format!("t{i}"), "kind": "sleep", "payload": { "ms": 60 } });
-            if i > 0 {
-                t["dependsOn"] = json!([format!("t{}", i - 1)]);
-            }
-            t
-        })
-        .collect();
+    let tasks = sleep_chain(6, 60);
     let id = server.submit(json!({ "name": "watched by many", "tasks": tasks })).await;
     let mut first = server.subscribe(EVENTS, json!({ "id": id })).await;
     let mut seen_first = Vec::new();
