@@ -10,6 +10,7 @@ mod m20261126_000005_create_auth;
 mod m20261126_000006_split_dispatch_index;
 mod m20261126_000007_drop_task_position_index;
 mod m20261127_000008_hot_task_updates;
+mod m20261127_000009_drop_child_foreign_keys;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000006_split_dispatch_index::Migration),
             Box::new(m20261126_000007_drop_task_position_index::Migration),
             Box::new(m20261127_000008_hot_task_updates::Migration),
+            Box::new(m20261127_000009_drop_child_foreign_keys::Migration),
         ]
     }
 }

@@ -1,13 +1,20 @@
-//! Multi-row inserts on PostgreSQL as one statement with one parameter: the rows travel as a JSON array and
-//! `json_to_recordset` expands them server-side. Binding 28 columns × 1,000 rows one value at a time dominated the
-//! submission of large workflows; this is one bind and one parse, whatever the row count.
+//! Multi-row inserts on PostgreSQL as one statement with one parameter per column: each column travels as an array
+//! literal and `unnest` turns the arrays back into rows server-side. Binding 28 columns × 1,000 rows one value at a
+//! time dominated the submission of large workflows; rows as one JSON array (`json_to_recordset`) were one bind, but
+//! PostgreSQL then spent more time parsing the JSON (every row repeats every column name) than inserting the rows.
+//! Array literals carry only the values and parse about three times as fast.
+
+use std::io::Write;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use serde_json::Value as Json;
+use taskorch_entity::task;
+use uuid::Uuid;
 
 /// A table's columns with their PostgreSQL types, in insert order.
-pub(crate) struct Columns(pub &'static [(&'static str, &'static str)]);
+pub(crate) struct Columns<const N: usize>(pub [(&'static str, &'static str); N]);
 
-pub(crate) const TASK: Columns = Columns(&[
+pub(crate) const TASK: Columns<28> = Columns([
     ("id", "uuid"),
     ("workflow_id", "uuid"),
     ("key", "text"),
@@ -38,7 +45,51 @@ pub(crate) const TASK: Columns = Columns(&[
     ("finished_at", "bigint"),
 ]);
 
-pub(crate) const EVENT: Columns = Columns(&[
+/// A task row's values, in the order of [`TASK`].
+pub(crate) fn task_cells(m: &task::Model) -> [Cell<'_>; 28] {
+    use Cell::{Id, Int, Text};
+    fn json(v: &Option<Json>) -> Cell<'_> {
+        v.as_ref().map_or(Cell::Null, Cell::Json)
+    }
+    fn text(v: &Option<String>) -> Cell<'_> {
+        v.as_deref().map_or(Cell::Null, Cell::Text)
+    }
+    fn int(v: Option<i64>) -> Cell<'static> {
+        v.map_or(Cell::Null, Cell::Int)
+    }
+    [
+        Id(m.id),
+        Id(m.workflow_id),
+        Text(&m.key),
+        Text(&m.kind),
+        Int(m.position.into()),
+        Text(&m.status),
+        json(&m.payload),
+        json(&m.result),
+        text(&m.error),
+        Cell::Json(&m.depends_on),
+        Cell::Json(&m.dependents),
+        Int(m.pending_deps.into()),
+        Int(m.priority.into()),
+        Int(m.attempts.into()),
+        Int(m.attempt_base.into()),
+        Cell::Json(&m.retry),
+        int(m.timeout_ms),
+        text(&m.idempotency_key),
+        json(&m.compensation),
+        text(&m.comp_kind),
+        Int(m.comp_attempts.into()),
+        Int(m.comp_attempt_base.into()),
+        Int(m.available_at),
+        Int(m.dispatched_until),
+        int(m.lease_until),
+        int(m.queued_at),
+        int(m.started_at),
+        int(m.finished_at),
+    ]
+}
+
+pub(crate) const EVENT: Columns<6> = Columns([
     ("workflow_id", "uuid"),
     ("sequence", "bigint"),
     ("event_type", "text"),
@@ -47,48 +98,124 @@ pub(crate) const EVENT: Columns = Columns(&[
     ("data", "json"),
 ]);
 
-/// `INSERT INTO table (…) SELECT … FROM json_to_recordset($1)`: rows serialise to JSON objects keyed by column (a
-/// JSON null, or a missing key, is SQL NULL). They are written straight into the statement's one parameter, with no
-/// JSON tree in between.
-pub(crate) async fn insert_json<C: ConnectionTrait, R: serde::Serialize>(
+/// One value of a row. A JSON `null` is SQL NULL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cell<'a> {
+    Null,
+    Int(i64),
+    Id(Uuid),
+    Text(&'a str),
+    Json(&'a Json),
+}
+
+/// A PostgreSQL array literal (`{1,NULL,"text"}`), bound as text and cast with `$n::type[]`.
+pub(crate) struct ArrayLiteral(Vec<u8>);
+
+impl Default for ArrayLiteral {
+    fn default() -> Self {
+        Self(vec![b'{'])
+    }
+}
+
+impl ArrayLiteral {
+    pub(crate) fn push(&mut self, cell: Cell<'_>) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        match cell {
+            Cell::Null | Cell::Json(Json::Null) => self.0.extend_from_slice(b"NULL"),
+            Cell::Int(v) => {
+                let _ = write!(self.0, "{v}");
+            }
+            Cell::Id(v) => {
+                let _ = write!(self.0, "{}", v.hyphenated());
+            }
+            Cell::Text(s) => {
+                self.0.push(b'"');
+                Quoted(&mut self.0).write_all(s.as_bytes()).unwrap_or(());
+                self.0.push(b'"');
+            }
+            Cell::Json(v) => {
+                self.0.push(b'"');
+                // Serialised straight into the literal: no JSON string in between. Writing to a Vec cannot fail.
+                let _ = serde_json::to_writer(Quoted(&mut self.0), v);
+                self.0.push(b'"');
+            }
+        }
+    }
+
+    /// The literal. Only UTF-8 went in (strings, JSON, digits), so the check cannot fail.
+    pub(crate) fn finish(mut self) -> Result<String, DbErr> {
+        self.0.push(b'}');
+        String::from_utf8(self.0).map_err(|e| DbErr::Custom(format!("array literal: {e}")))
+    }
+}
+
+/// Writes bytes into a double-quoted array element: `"` and `\` get a backslash.
+struct Quoted<'a>(&'a mut Vec<u8>);
+
+impl Write for Quoted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        while let Some(at) = rest.iter().position(|b| matches!(b, b'"' | b'\\')) {
+            self.0.extend_from_slice(&rest[..at]);
+            self.0.push(b'\\');
+            self.0.push(rest[at]);
+            rest = &rest[at + 1..];
+        }
+        self.0.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `INSERT INTO table (…) SELECT * FROM unnest($1::t1[], …)`: one array literal per column, rows in order.
+pub(crate) async fn insert_rows<'r, C, const N: usize>(
     conn: &C,
     table: &str,
-    columns: &Columns,
-    rows: &[R],
-) -> Result<(), DbErr> {
-    if rows.is_empty() {
+    columns: &Columns<N>,
+    rows: impl IntoIterator<Item = [Cell<'r>; N]>,
+) -> Result<(), DbErr>
+where
+    C: ConnectionTrait,
+{
+    let mut arrays: [ArrayLiteral; N] = std::array::from_fn(|_| ArrayLiteral::default());
+    let mut count = 0usize;
+    for row in rows {
+        for (array, cell) in arrays.iter_mut().zip(row) {
+            array.push(cell);
+        }
+        count += 1;
+    }
+    if count == 0 {
         return Ok(());
     }
     let names: Vec<&str> = columns.0.iter().map(|(n, _)| *n).collect();
-    let typed: Vec<String> = columns.0.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    let sql = format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM json_to_recordset($1::json) AS r({})",
-        names.join(", "),
-        names.join(", "),
-        typed.join(", ")
-    );
-    let body = serde_json::to_string(rows).map_err(|e| DbErr::Custom(format!("rows of {table}: {e}")))?;
-    conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [body.into()])).await?;
+    let typed: Vec<String> = columns.0.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}[]", i + 1)).collect();
+    let sql = format!("INSERT INTO {table} ({}) SELECT * FROM unnest({})", names.join(", "), typed.join(", "));
+    let values = arrays.into_iter().map(|a| a.finish().map(sea_orm::Value::from)).collect::<Result<Vec<_>, _>>()?;
+    conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(())
 }
 
 /// A PostgreSQL array literal of ids, bound as text and cast with `$n::uuid[]`. Set-based updates also filter on
 /// `id = ANY(…)` so the planner sees how few rows they touch and walks the primary key, whatever its statistics
 /// say about the JSON rows they join.
-pub(crate) fn uuid_array(ids: impl IntoIterator<Item = uuid::Uuid>) -> String {
-    let mut out = String::from("{");
-    for (i, id) in ids.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&id.to_string());
+pub(crate) fn uuid_array(ids: impl IntoIterator<Item = Uuid>) -> String {
+    let mut out = ArrayLiteral::default();
+    for id in ids {
+        out.push(Cell::Id(id));
     }
-    out.push('}');
-    out
+    out.finish().unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -102,5 +229,26 @@ mod tests {
             taskorch_entity::event::Column::iter().map(|c| sea_orm::IdenStatic::as_str(&c).to_owned()).collect();
         let listed: std::collections::BTreeSet<String> = EVENT.0.iter().map(|(n, _)| (*n).to_owned()).collect();
         assert_eq!(entity, listed);
+    }
+
+    fn literal(cells: &[Cell<'_>]) -> String {
+        let mut a = ArrayLiteral::default();
+        cells.iter().for_each(|c| a.push(*c));
+        a.finish().expect("utf-8")
+    }
+
+    #[test]
+    fn array_literals_quote_text_and_json_and_spell_null() {
+        assert_eq!(literal(&[]), "{}");
+        assert_eq!(literal(&[Cell::Int(-1), Cell::Null, Cell::Int(7)]), "{-1,NULL,7}");
+        assert_eq!(literal(&[Cell::Id(Uuid::nil())]), "{00000000-0000-0000-0000-000000000000}");
+        // Text is always quoted, so `NULL`, commas, braces and blanks stay text; quotes and backslashes are escaped.
+        assert_eq!(
+            literal(&[Cell::Text("NULL"), Cell::Text(""), Cell::Text("a,b} {c"), Cell::Text(r#"say "hi" \o/"#)]),
+            r#"{"NULL","","a,b} {c","say \"hi\" \\o/"}"#
+        );
+        let v = json!(["\"x\"\\", 1, null]);
+        assert_eq!(literal(&[Cell::Json(&v), Cell::Json(&Json::Null)]), r#"{"[\"\\\"x\\\"\\\\\",1,null]",NULL}"#);
+        assert_eq!(literal(&[Cell::Text("héllo ✓")]), "{\"héllo ✓\"}");
     }
 }

@@ -234,32 +234,21 @@ fn numbered<'a>(
     })
 }
 
-/// An event row for `bulk::insert_json` (field names are the columns of `bulk::EVENT`; a null `data` is SQL NULL).
-#[derive(serde::Serialize)]
-struct EventRow<'a> {
-    workflow_id: Uuid,
-    sequence: i64,
-    event_type: &'a str,
-    task_key: Option<&'a str>,
-    at: i64,
-    data: &'a serde_json::Value,
-}
-
 /// Inserts event rows: one JSON-expanded statement on PostgreSQL, multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let rows: Vec<EventRow<'_>> = records
-            .iter()
-            .map(|r| EventRow {
-                workflow_id: r.workflow_id.0,
-                sequence: r.sequence,
-                event_type: r.event_type.as_str(),
-                task_key: r.task_key.as_deref(),
-                at,
-                data: &r.data,
-            })
-            .collect();
-        return bulk::insert_json(conn, "event", &bulk::EVENT, &rows).await;
+        use bulk::Cell;
+        let rows = records.iter().map(|r| {
+            [
+                Cell::Id(r.workflow_id.0),
+                Cell::Int(r.sequence),
+                Cell::Text(r.event_type.as_str()),
+                r.task_key.as_deref().map_or(Cell::Null, Cell::Text),
+                Cell::Int(at),
+                Cell::Json(&r.data),
+            ]
+        });
+        return bulk::insert_rows(conn, "event", &bulk::EVENT, rows).await;
     }
     for chunk in records.chunks(2000) {
         let models = chunk.iter().map(|r| event::ActiveModel {

@@ -170,8 +170,8 @@ impl Store {
             return Err(err.into());
         }
         if self.db.backend == sea_orm::DbBackend::Postgres {
-            // The model's field names are its column names.
-            super::bulk::insert_json(&txn, "task", &super::bulk::TASK, &rows).await?;
+            super::bulk::insert_rows(&txn, "task", &super::bulk::TASK, rows.iter().map(super::bulk::task_cells))
+                .await?;
         } else {
             let mut rows = rows.into_iter().map(IntoActiveModel::into_active_model).peekable();
             while rows.peek().is_some() {

@@ -186,61 +186,48 @@ async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_
     assert!(store.fill_inputs(&mut unknown, &HashMap::new()).await.is_err());
 }
 
-/// The keys a row serialises to, for `bulk::insert_json` (a key that is not a column would be an SQL NULL).
-fn keys_of(row: impl serde::Serialize) -> std::collections::BTreeSet<String> {
-    match serde_json::to_value(row).expect("serialises") {
-        serde_json::Value::Object(m) => m.keys().cloned().collect(),
-        other => panic!("a row serialised as {other}"),
-    }
-}
+/// Rows go to PostgreSQL as array literals (`bulk`): whatever the text and JSON hold, they come back as written.
+#[tokio::test]
+async fn submitted_rows_come_back_exactly_as_written() {
+    let (store, _fixture) = store().await;
+    let awkward = r#"NULL, "quoted" {braced} \backslash\ é ✓ ' ;"#;
+    // Keys are plain (validated), but `NULL` must stay a key in the array literals.
+    let mut a = TaskSpec::new("NULL", "noop");
+    a.payload = json!({ "s": awkward, "n": [1, null, 2.5, true], "o": {} });
+    a.config.timeout_ms = Some(1500);
+    a.config.idempotency_key = Some(format!("{awkward}-idem"));
+    a.compensation = Some(dag::CompensationSpec {
+        kind: "undo".into(),
+        payload: json!([awkward]),
+        retry: taskorch_domain::RetryPolicy::default(),
+    });
+    let mut b = TaskSpec::new("b", "noop").after(&["NULL"]);
+    b.payload = json!(awkward);
+    let (wf, _) = submit(&store, vec![a, b], None).await;
 
-fn columns(list: &super::bulk::Columns) -> std::collections::BTreeSet<String> {
-    list.0.iter().map(|(n, _)| (*n).to_owned()).collect()
-}
+    let first = task_row(&store, wf, "NULL").await;
+    assert_eq!(first.kind, "noop");
+    assert_eq!(first.payload, Some(json!({ "s": awkward, "n": [1, null, 2.5, true], "o": {} })));
+    assert_eq!(first.timeout_ms, Some(1500));
+    assert_eq!(first.idempotency_key.as_deref(), Some(format!("{awkward}-idem").as_str()));
+    assert_eq!(first.compensation.as_ref().map(|c| c["payload"].clone()), Some(json!([awkward])));
+    assert_eq!(first.comp_kind.as_deref(), Some("undo"));
+    assert_eq!(first.dependents, json!(["b"]));
+    assert_eq!((first.status.as_str(), first.pending_deps, first.position), ("QUEUED", 0, 0));
+    assert_eq!(
+        (first.result.clone(), first.error.clone(), first.lease_until, first.started_at),
+        (None, None, None, None)
+    );
 
-#[test]
-fn bulk_rows_serialise_to_their_tables_columns() {
-    let data = json!({ "attempt": 1 });
-    let event = super::EventRow {
-        workflow_id: uuid::Uuid::nil(),
-        sequence: 1,
-        event_type: "TASK_STARTED",
-        task_key: Some("a"),
-        at: 0,
-        data: &data,
-    };
-    assert_eq!(keys_of(event), columns(&super::bulk::EVENT));
-    let task = taskorch_entity::task::Model {
-        id: uuid::Uuid::nil(),
-        workflow_id: uuid::Uuid::nil(),
-        key: "a".into(),
-        kind: "noop".into(),
-        position: 0,
-        status: "QUEUED".into(),
-        payload: None,
-        result: None,
-        error: None,
-        depends_on: json!([]),
-        dependents: json!([]),
-        pending_deps: 0,
-        priority: 0,
-        attempts: 0,
-        attempt_base: 0,
-        retry: json!({}),
-        timeout_ms: None,
-        idempotency_key: None,
-        compensation: None,
-        comp_kind: None,
-        comp_attempts: 0,
-        comp_attempt_base: 0,
-        available_at: 0,
-        dispatched_until: 0,
-        lease_until: None,
-        queued_at: None,
-        started_at: None,
-        finished_at: None,
-    };
-    assert_eq!(keys_of(&task), columns(&super::bulk::TASK));
+    let second = task_row(&store, wf, "b").await;
+    assert_eq!(second.payload, Some(json!(awkward)));
+    assert_eq!(second.depends_on, json!(["NULL"]));
+    assert_eq!((second.status.as_str(), second.pending_deps, second.position), ("PENDING", 1, 1));
+    assert_eq!((second.timeout_ms, second.idempotency_key.clone(), second.compensation.clone()), (None, None, None));
+
+    let events = store.events(taskorch_domain::WorkflowId(wf), 0, 10).await.expect("events");
+    let keys: Vec<Option<&str>> = events.iter().map(|e| e.task_key.as_deref()).collect();
+    assert_eq!(keys, [None, Some("NULL")], "WORKFLOW_STARTED, then the root's TASK_QUEUED");
 }
 
 /// The task row of `key` in workflow `wf`.
