@@ -12,10 +12,12 @@
 //! start: every later event of the workflow, in order, until the workflow's final one) and its own execution is
 //! dropped; otherwise it keeps its own stream. Only `workflowEvents` streams are shared: they end with their
 //! workflow and replay from a fixed point; the `events` firehose does neither.
+//!
+//! Responses are serialised once, by the stream that produced them: every member of a group writes the same
+//! [`Payload`] into its own message.
 
 use std::any::TypeId;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
@@ -27,6 +29,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use crate::auth::Caller;
 use crate::graphql::subscription::{ActiveSubscriptions, Guard};
+use crate::ws::{Payload, Streams};
 
 /// Root fields whose streams are shared.
 const SHARED_FIELDS: [&str; 1] = ["workflowEvents"];
@@ -76,12 +79,21 @@ fn key_of(request: &Request, session: Option<&Data>) -> Option<Key> {
     })
 }
 
-/// A copy of a response for one member (`Response` is not `Clone`; its HTTP-only parts are not used here).
-fn copy(r: &Response) -> Response {
-    let mut out = Response::new(r.data.clone());
-    out.extensions.clone_from(&r.extensions);
-    out.errors.clone_from(&r.errors);
-    out
+/// A response as it goes out, and whether it has no errors.
+struct Serialised {
+    payload: Payload,
+    ok: bool,
+}
+
+fn serialise(r: &Response) -> Serialised {
+    // A `Response` always serialises (its values are JSON values); the fallback is never sent in practice.
+    let payload = serde_json::to_string(r).unwrap_or_else(|e| format!(r#"{{"errors":[{{"message":"{e}"}}]}}"#));
+    Serialised { payload: payload.into(), ok: r.errors.is_empty() }
+}
+
+/// An execution's responses, serialised.
+fn serialised(stream: BoxStream<'static, Response>) -> BoxStream<'static, Serialised> {
+    stream.map(|r| serialise(&r)).boxed()
 }
 
 type Registry = Arc<Mutex<HashMap<Key, Weak<Group>>>>;
@@ -90,7 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An [`Executor`] whose identical subscriptions share one execution.
+/// Subscription streams of an [`Executor`] (the schema), identical ones sharing one execution.
 #[derive(Clone)]
 pub struct Shared<E> {
     inner: E,
@@ -104,27 +116,24 @@ impl<E> Shared<E> {
         Self { inner, groups: Arc::default(), active }
     }
 
-    /// Groups alive (for tests).
-    pub fn groups(&self) -> usize {
+    /// Groups alive.
+    #[cfg(test)]
+    fn groups(&self) -> usize {
         lock(&self.groups).values().filter(|g| g.strong_count() > 0).count()
     }
 }
 
-impl<E: Executor> Executor for Shared<E> {
-    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
-        self.inner.execute(request)
-    }
-
-    fn execute_stream(&self, request: Request, session_data: Option<Arc<Data>>) -> BoxStream<'static, Response> {
-        let key = key_of(&request, session_data.as_deref());
-        let own = self.inner.execute_stream(request, session_data);
-        let Some(key) = key else { return own };
+impl<E: Executor> Streams for Shared<E> {
+    fn stream(&self, request: Request, session: Arc<Data>) -> BoxStream<'static, Payload> {
+        let key = key_of(&request, Some(&session));
+        let own = self.inner.execute_stream(request, Some(session));
+        let Some(key) = key else { return own.map(|r| serialise(&r).payload).boxed() };
         // Never drop a group while holding the registry lock: its `Drop` takes it.
         let existing = lock(&self.groups).get(&key).and_then(Weak::upgrade);
         if let Some(group) = existing.filter(|g| g.joinable()) {
-            return Member::Candidate { own, group, active: self.active.clone(), held: None }.boxed();
+            return Member::Candidate { own: serialised(own), group, active: self.active.clone(), held: None }.boxed();
         }
-        let (group, id) = Group::start(own, key.clone(), Arc::downgrade(&self.groups), &self.active);
+        let (group, id) = Group::start(serialised(own), key.clone(), Arc::downgrade(&self.groups), &self.active);
         let stale = lock(&self.groups).insert(key, Arc::downgrade(&group));
         drop(stale);
         Member::Reading(Membership { group, id, _guard: self.active.enter() }).boxed()
@@ -142,9 +151,9 @@ pub struct Group {
 #[derive(Default)]
 struct State {
     /// The first response, which a newcomer's own first response must equal.
-    first: Option<Response>,
+    first: Option<Serialised>,
     /// Responses from index `base` on.
-    items: VecDeque<Response>,
+    items: VecDeque<Payload>,
     base: usize,
     /// Some responses were dropped: newcomers can no longer be given the whole stream.
     trimmed: bool,
@@ -177,7 +186,7 @@ impl Group {
     /// member; with that subscriber as its first member (entered before the task starts, so nothing is dropped
     /// before it read it).
     fn start(
-        own: BoxStream<'static, Response>,
+        own: BoxStream<'static, Serialised>,
         key: Key,
         registry: Weak<Mutex<HashMap<Key, Weak<Group>>>>,
         active: &ActiveSubscriptions,
@@ -229,7 +238,7 @@ impl Group {
         // Not yet begun is fine (a newcomer waits for the first response); begun with an error is not. An ended
         // stream is not: a workflow that was final when it ended may have been resumed since (`retryWorkflow`), and
         // a newcomer's own stream would go on with it.
-        let began_well = st.first.as_ref().is_none_or(|first| first.errors.is_empty());
+        let began_well = st.first.as_ref().is_none_or(|first| first.ok);
         !st.trimmed && !st.done && began_well
     }
 
@@ -240,11 +249,11 @@ impl Group {
 
     /// A newcomer whose own stream began with `first` joins if the group's stream began the same way; it reads on
     /// from the second response. Pending while the group has no first response yet.
-    fn decide(&self, first: &Response, cx: &Context<'_>) -> Poll<Option<u64>> {
+    fn decide(&self, first: &Serialised, cx: &Context<'_>) -> Poll<Option<u64>> {
         let mut st = self.lock();
         let same = match &st.first {
-            _ if st.trimmed || st.done || !first.errors.is_empty() => false,
-            Some(theirs) => theirs == first,
+            _ if st.trimmed || st.done || !first.ok => false,
+            Some(theirs) => theirs.payload == first.payload,
             None => {
                 st.waiting.push(cx.waker().clone());
                 return Poll::Pending;
@@ -257,14 +266,14 @@ impl Group {
     }
 
     /// Appends responses (and the end of the stream, if `ended`) and wakes the members waiting.
-    fn push(&self, responses: impl Iterator<Item = Response>, ended: bool) {
+    fn push(&self, responses: impl Iterator<Item = Serialised>, ended: bool) {
         let wakers: Vec<Waker> = {
             let mut st = self.lock();
             for response in responses {
                 if st.first.is_none() && st.base == 0 && st.items.is_empty() {
-                    st.first = Some(copy(&response));
+                    st.first = Some(Serialised { payload: response.payload.clone(), ok: response.ok });
                 }
-                st.items.push_back(response);
+                st.items.push_back(response.payload);
             }
             st.done |= ended;
             if st.items.len() > KEEP && st.items.len() >= 2 * st.kept {
@@ -287,14 +296,14 @@ impl Group {
         st.kept = st.items.len().max(KEEP / 2);
     }
 
-    fn poll_member(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Response>> {
+    fn poll_member(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
         let mut st = self.lock();
         let (base, len, done) = (st.base, st.items.len(), st.done);
         let Some(slot) = st.members.get_mut(&id) else { return Poll::Ready(None) };
         if slot.cursor < base + len {
             let at = slot.cursor.max(base) - base;
             slot.cursor = base + at + 1;
-            return Poll::Ready(st.items.get(at).map(copy));
+            return Poll::Ready(st.items.get(at).cloned());
         }
         if done {
             return Poll::Ready(None);
@@ -329,26 +338,26 @@ enum Member {
     /// A newcomer reading its own stream until its first response (`held` until the group has its own first one)
     /// decides whether it joins `group`.
     Candidate {
-        own: BoxStream<'static, Response>,
+        own: BoxStream<'static, Serialised>,
         group: Arc<Group>,
         active: ActiveSubscriptions,
-        held: Option<Box<Response>>,
+        held: Option<Serialised>,
     },
     /// A member of a group.
     Reading(Membership),
     /// A subscriber on its own stream.
-    Alone(BoxStream<'static, Response>),
+    Alone(BoxStream<'static, Serialised>),
     Ended,
 }
 
 impl Stream for Member {
-    type Item = Response;
+    type Item = Payload;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Response>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Payload>> {
         let this = &mut *self;
         match this {
             Member::Reading(m) => m.group.poll_member(m.id, cx),
-            Member::Alone(own) => own.poll_next_unpin(cx),
+            Member::Alone(own) => own.poll_next_unpin(cx).map(|r| r.map(|r| r.payload)),
             Member::Ended => Poll::Ready(None),
             Member::Candidate { own, group, active, held } => {
                 let first = match held {
@@ -359,7 +368,7 @@ impl Stream for Member {
                             *this = Member::Ended;
                             return Poll::Ready(None);
                         }
-                        Poll::Ready(Some(first)) => held.insert(Box::new(first)),
+                        Poll::Ready(Some(first)) => held.insert(first),
                     },
                 };
                 let next = match group.decide(first, cx) {
@@ -370,14 +379,14 @@ impl Stream for Member {
                     Poll::Ready(None) => match std::mem::replace(this, Member::Ended) {
                         Member::Candidate { own, held, .. } => {
                             *this = Member::Alone(own);
-                            return Poll::Ready(held.map(|h| *h));
+                            return Poll::Ready(held.map(|h| h.payload));
                         }
                         _ => Member::Ended,
                     },
                 };
                 // Joining drops the newcomer's own execution here.
                 let first = match std::mem::replace(this, next) {
-                    Member::Candidate { held, .. } => held.map(|h| *h),
+                    Member::Candidate { held, .. } => held.map(|h| h.payload),
                     _ => None,
                 };
                 Poll::Ready(first)
@@ -403,7 +412,7 @@ impl Drop for Membership {
 mod tests {
     use std::time::Duration;
 
-    use async_graphql::{Name, Value, Variables};
+    use async_graphql::{Value, Variables};
     use futures::channel::mpsc::{UnboundedSender, unbounded};
 
     use super::*;
@@ -452,25 +461,21 @@ mod tests {
         }
     }
 
-    fn subscribe(shared: &Shared<Fake>, query: &str, workflow: &str, secret: &str) -> BoxStream<'static, Response> {
+    fn subscribe(shared: &Shared<Fake>, query: &str, workflow: &str, secret: &str) -> BoxStream<'static, Payload> {
         let variables = Variables::from_value(Value::from_json(serde_json::json!({ "id": workflow })).expect("json"));
         let mut data = Data::default();
         data.insert(Caller { credential: Credential::Missing, ip: None, secret: Some(secret.to_owned()) });
-        shared.execute_stream(Request::new(query).variables(variables), Some(Arc::new(data)))
+        shared.stream(Request::new(query).variables(variables), Arc::new(data))
     }
 
-    async fn next_sequence(stream: &mut BoxStream<'static, Response>) -> Option<i64> {
+    async fn next_sequence(stream: &mut BoxStream<'static, Payload>) -> Option<i64> {
         let r = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("a response in time")?;
-        let Value::Object(data) = r.data else { panic!("no data") };
-        let Some(Value::Object(event)) = data.get(&Name::new("workflowEvents")) else { panic!("no event") };
-        match event.get(&Name::new("sequence")) {
-            Some(Value::Number(n)) => n.as_i64(),
-            _ => panic!("no sequence"),
-        }
+        let r: serde_json::Value = serde_json::from_str(&r).expect("a serialised response");
+        Some(r["data"]["workflowEvents"]["sequence"].as_i64().expect("a sequence"))
     }
 
     /// A `WATCH` of workflow w1 whose own execution (the `execution`th) begins with event 1, read.
-    async fn opened(shared: &Shared<Fake>, fake: &Fake, execution: usize) -> BoxStream<'static, Response> {
+    async fn opened(shared: &Shared<Fake>, fake: &Fake, execution: usize) -> BoxStream<'static, Payload> {
         let mut stream = subscribe(shared, WATCH, "w1", "token");
         fake.send(execution, 1);
         assert_eq!(next_sequence(&mut stream).await, Some(1));

@@ -401,6 +401,22 @@ async fn identical_subscriptions_opened_at_different_times_each_get_the_whole_st
     assert_eq!(seen_second.len(), server.events(&id).await.len(), "every stored event, once");
 }
 
+/// The server reads WebSockets in small pieces (`server::ws::READ_BUFFER`, 8 KiB); a client message many times that
+/// size still arrives whole.
+#[tokio::test]
+async fn a_subscribe_message_far_larger_than_the_read_buffer_arrives_whole() {
+    let server = Server::start().await;
+    let id = server.submit(json!({ "name": "big", "tasks": sleep_chain(2, 10) })).await;
+    let comment: String = (0..100_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let query = format!("{EVENTS}\n# {comment}\n");
+    let mut sub = server.subscribe(&query, json!({ "id": id })).await;
+    let mut seen = Vec::new();
+    rest(&mut sub, &mut seen).await;
+    common::assert_gapless(&seen, 1);
+    assert_eq!(seen.last().unwrap()["type"], "WORKFLOW_COMPLETED");
+    assert_eq!(seen.len(), server.events(&id).await.len(), "every stored event");
+}
+
 #[tokio::test]
 async fn the_firehose_filters_by_name_and_type() {
     let server = Server::start().await;

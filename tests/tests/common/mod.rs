@@ -488,6 +488,65 @@ impl Subscription {
     }
 }
 
+/// A bare WebSocket speaking `protocol` to /graphql/ws: JSON messages in and out, and the close frame at the end.
+pub struct RawWs {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// What a [`RawWs`] received next.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    Json(Value),
+    /// The server closed the connection with this code (none without a close frame).
+    Closed(Option<u16>),
+}
+
+impl RawWs {
+    pub async fn connect(server: &Server, protocol: &str) -> Self {
+        let url = format!("{}/graphql/ws", server.base.replace("http://", "ws://"));
+        let mut req = url.into_client_request().expect("ws request");
+        req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next JSON message or the close (fails after 30 s).
+    pub async fn recv(&mut self) -> Received {
+        let wait = Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await.expect("a message in time") {
+                Some(Ok(Message::Text(t))) => return Received::Json(serde_json::from_str(&t).expect("json")),
+                Some(Ok(Message::Close(frame))) => return Received::Closed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Received::Closed(None),
+            }
+        }
+    }
+
+    /// The next JSON message (fails on a close).
+    pub async fn json(&mut self) -> Value {
+        match self.recv().await {
+            Received::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// `connection_init` with the credential, then the `connection_ack`.
+    pub async fn init(&mut self, token: &str) {
+        self.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }))
+            .await;
+        assert_eq!(self.json().await["type"], "connection_ack");
+    }
+}
+
 /// Event types of a list of events.
 pub fn types(events: &[Value]) -> Vec<String> {
     events.iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect()

@@ -1,0 +1,162 @@
+//! Black-box tests of the WebSocket protocols at /graphql/ws, message by message: graphql-transport-ws as its
+//! protocol document says (acknowledgement, ping/pong, next/complete, the close codes), and the legacy graphql-ws
+//! (subscriptions-transport-ws) that older clients speak.
+
+mod common;
+
+use common::{RawWs, Received, Server};
+use serde_json::{Value, json};
+
+const EVENTS: &str = "subscription($id: ID!) { workflowEvents(workflowId: $id) { sequence type } }";
+
+/// A workflow of one task that sleeps `ms`.
+async fn sleeper(server: &Server, ms: u64) -> String {
+    server
+        .submit(json!({ "name": "sleeper", "tasks": [{ "key": "s", "kind": "sleep", "payload": { "ms": ms } }] }))
+        .await
+}
+
+fn subscribe(id: &str, workflow: &str) -> Value {
+    json!({ "id": id, "type": "subscribe", "payload": { "query": EVENTS, "variables": { "id": workflow } } })
+}
+
+#[tokio::test]
+async fn graphql_transport_ws_closes_with_the_codes_of_its_protocol() {
+    let server = Server::start().await;
+    let workflow = sleeper(&server, 600_000).await;
+
+    // A ping is answered before and after the init; a subscribe before the acknowledgement is unauthorised.
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.send(json!({ "type": "ping" })).await;
+    assert_eq!(ws.json().await, json!({ "type": "pong" }));
+    ws.send(subscribe("1", &workflow)).await;
+    assert_eq!(ws.recv().await, Received::Closed(Some(4401)));
+
+    // A second connection_init.
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    ws.send(json!({ "type": "ping", "payload": { "at": 1 } })).await;
+    assert_eq!(ws.json().await["type"], "pong");
+    ws.send(json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(ws.recv().await, Received::Closed(Some(4429)));
+
+    // A message that is not one of the protocol's.
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    ws.send(json!({ "type": "subscribe_please", "id": "1" })).await;
+    assert_eq!(ws.recv().await, Received::Closed(Some(4400)));
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.send_text("not json".into()).await;
+    assert_eq!(ws.recv().await, Received::Closed(Some(4400)));
+
+    // A subscription id that is already live.
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    ws.send(subscribe("same", &workflow)).await;
+    let first = ws.json().await;
+    assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("next"), Some("same")));
+    ws.send(subscribe("same", &workflow)).await;
+    loop {
+        match ws.recv().await {
+            Received::Json(v) => assert_eq!(v["id"], "same", "only the live subscription's events: {v}"),
+            closed => {
+                assert_eq!(closed, Received::Closed(Some(4409)));
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn graphql_transport_ws_closes_a_connection_that_never_initialises() {
+    let server = Server::start().await;
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    let started = std::time::Instant::now();
+    assert_eq!(ws.recv().await, Received::Closed(Some(4408)));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9), "closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn subscriptions_on_one_connection_stream_independently_and_a_client_complete_stops_one() {
+    let server = Server::start().await;
+    let (a, b) = (sleeper(&server, 600_000).await, sleeper(&server, 300).await);
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    ws.send(subscribe("a", &a)).await;
+    ws.send(subscribe("b", &b)).await;
+    let mut firsts = std::collections::BTreeSet::new();
+    while firsts.len() < 2 {
+        let v = ws.json().await;
+        assert_eq!(v["type"], "next", "{v}");
+        firsts.insert(v["id"].as_str().expect("id").to_owned());
+    }
+    // The server reads in order: once the pong is back, the complete was handled.
+    ws.send(json!({ "type": "complete", "id": "a" })).await;
+    ws.send(json!({ "type": "ping" })).await;
+    while ws.json().await["type"] != "pong" {}
+    let mut types = Vec::new();
+    loop {
+        let v = ws.json().await;
+        assert_eq!(v["id"], "b", "nothing more for the completed subscription, not even a complete: {v}");
+        if v["type"] == "complete" {
+            break;
+        }
+        types.push(v["payload"]["data"]["workflowEvents"]["type"].as_str().expect("event").to_owned());
+    }
+    assert_eq!(types.last().map(String::as_str), Some("WORKFLOW_COMPLETED"), "{types:?}");
+    // The connection is still good for another subscription.
+    ws.send(subscribe("c", &b)).await;
+    let v = ws.json().await;
+    assert_eq!(
+        (v["type"].as_str(), v["payload"]["data"]["workflowEvents"]["sequence"].as_i64()),
+        (Some("next"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_subscription_is_one_next_with_errors_then_complete() {
+    let server = Server::start().await;
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    let bad = json!({ "id": "x", "type": "subscribe", "payload": { "query": "subscription { noSuchField }" } });
+    ws.send(bad).await;
+    let v = ws.json().await;
+    assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("next"), Some("x")));
+    assert!(v["payload"]["errors"][0]["message"].as_str().is_some_and(|m| m.contains("noSuchField")), "{v}");
+    assert_eq!(ws.json().await, json!({ "type": "complete", "id": "x" }));
+}
+
+#[tokio::test]
+async fn the_legacy_graphql_ws_protocol_streams_and_stops() {
+    let server = Server::start().await;
+    let (long, short) = (sleeper(&server, 600_000).await, sleeper(&server, 100).await);
+    let mut ws = RawWs::connect(&server, "graphql-ws").await;
+    ws.send(json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {}", server.token) } }))
+        .await;
+    assert_eq!(ws.json().await["type"], "connection_ack");
+    let start = |id: &str, wf: &str| json!({ "id": id, "type": "start", "payload": { "query": EVENTS, "variables": { "id": wf } } });
+    ws.send(start("1", &short)).await;
+    let mut sequences = Vec::new();
+    loop {
+        let v = ws.json().await;
+        assert_eq!(v["id"], "1", "{v}");
+        if v["type"] == "complete" {
+            break;
+        }
+        assert_eq!(v["type"], "data", "{v}");
+        sequences.push(v["payload"]["data"]["workflowEvents"]["sequence"].as_i64().expect("sequence"));
+    }
+    assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
+    assert_eq!(sequences.len(), server.events(&short).await.len());
+
+    ws.send(start("2", &long)).await;
+    assert_eq!(ws.json().await["type"], "data");
+    ws.send(json!({ "type": "stop", "id": "2" })).await;
+    loop {
+        let v = ws.json().await;
+        if v["type"] == "complete" {
+            assert_eq!(v["id"], "2");
+            break;
+        }
+    }
+}
