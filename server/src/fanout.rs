@@ -87,7 +87,9 @@ struct Serialised {
 
 fn serialise(r: &Response) -> Serialised {
     // A `Response` always serialises (its values are JSON values); the fallback is never sent in practice.
-    let payload = serde_json::to_string(r).unwrap_or_else(|e| format!(r#"{{"errors":[{{"message":"{e}"}}]}}"#));
+    let payload = serde_json::to_string(r).unwrap_or_else(|e| {
+        serde_json::json!({ "errors": [{ "message": format!("response not serialisable: {e}") }] }).to_string()
+    });
     Serialised { payload: payload.into(), ok: r.errors.is_empty() }
 }
 
