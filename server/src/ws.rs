@@ -34,6 +34,9 @@ const MAX_BATCH: usize = 512;
 /// Bytes a connection reads from its socket at once (tungstenite zero-fills this much before each read).
 pub const READ_BUFFER: usize = 8 * 1024;
 
+/// How long the server waits for the client's answer to its close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a graphql-transport-ws client has to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -152,6 +155,9 @@ where
             }
             if last {
                 let _ = sink.flush().await;
+                // Read what the client still sends until it answers the close (at most a second): closing the
+                // socket with unread data makes the kernel reset it, and some clients then lose the close code.
+                let _ = tokio::time::timeout(CLOSE_WAIT, async { while input.next().await.is_some() {} }).await;
                 return;
             }
         }

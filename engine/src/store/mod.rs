@@ -234,7 +234,7 @@ fn numbered<'a>(
     })
 }
 
-/// Inserts event rows: one JSON-expanded statement on PostgreSQL, multi-row chunks elsewhere.
+/// Inserts event rows: one `unnest` of array literals on PostgreSQL (`bulk`), multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
         use bulk::Cell;
