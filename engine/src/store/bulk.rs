@@ -11,92 +11,82 @@ use serde_json::Value as Json;
 use taskorch_entity::task;
 use uuid::Uuid;
 
+use crate::model::EventRecord;
+
 /// A table's columns with their PostgreSQL types, in insert order.
 pub(crate) struct Columns<const N: usize>(pub [(&'static str, &'static str); N]);
 
-pub(crate) const TASK: Columns<28> = Columns([
-    ("id", "uuid"),
-    ("workflow_id", "uuid"),
-    ("key", "text"),
-    ("kind", "text"),
-    ("position", "int"),
-    ("status", "text"),
-    ("payload", "json"),
-    ("result", "json"),
-    ("error", "text"),
-    ("depends_on", "json"),
-    ("dependents", "json"),
-    ("pending_deps", "int"),
-    ("priority", "smallint"),
-    ("attempts", "int"),
-    ("attempt_base", "int"),
-    ("retry", "json"),
-    ("timeout_ms", "bigint"),
-    ("idempotency_key", "text"),
-    ("compensation", "json"),
-    ("comp_kind", "text"),
-    ("comp_attempts", "int"),
-    ("comp_attempt_base", "int"),
-    ("available_at", "bigint"),
-    ("dispatched_until", "bigint"),
-    ("lease_until", "bigint"),
-    ("queued_at", "bigint"),
-    ("started_at", "bigint"),
-    ("finished_at", "bigint"),
-]);
+/// A table's columns and the function that turns a row into its values, from one list: each column's name, type and
+/// value stand on one line, so the values cannot drift out of the columns' order.
+macro_rules! table {
+    ($(#[$doc:meta])* $columns:ident, $cells:ident, |$row:ident: $ty:ty| { $($name:literal $sql:literal => $cell:expr,)* }) => {
+        $(#[$doc])*
+        pub(crate) const $columns: Columns<{ [$($name),*].len() }> = Columns([$(($name, $sql)),*]);
 
-/// A task row's values, in the order of [`TASK`].
-pub(crate) fn task_cells(m: &task::Model) -> [Cell<'_>; 28] {
-    use Cell::{Id, Int, Text};
-    fn json(v: &Option<Json>) -> Cell<'_> {
-        v.as_ref().map_or(Cell::Null, Cell::Json)
-    }
-    fn text(v: &Option<String>) -> Cell<'_> {
-        v.as_deref().map_or(Cell::Null, Cell::Text)
-    }
-    fn int(v: Option<i64>) -> Cell<'static> {
-        v.map_or(Cell::Null, Cell::Int)
-    }
-    [
-        Id(m.id),
-        Id(m.workflow_id),
-        Text(&m.key),
-        Text(&m.kind),
-        Int(m.position.into()),
-        Text(&m.status),
-        json(&m.payload),
-        json(&m.result),
-        text(&m.error),
-        Cell::Json(&m.depends_on),
-        Cell::Json(&m.dependents),
-        Int(m.pending_deps.into()),
-        Int(m.priority.into()),
-        Int(m.attempts.into()),
-        Int(m.attempt_base.into()),
-        Cell::Json(&m.retry),
-        int(m.timeout_ms),
-        text(&m.idempotency_key),
-        json(&m.compensation),
-        text(&m.comp_kind),
-        Int(m.comp_attempts.into()),
-        Int(m.comp_attempt_base.into()),
-        Int(m.available_at),
-        Int(m.dispatched_until),
-        int(m.lease_until),
-        int(m.queued_at),
-        int(m.started_at),
-        int(m.finished_at),
-    ]
+        /// A row's values, in the order of its columns.
+        pub(crate) fn $cells($row: $ty) -> [Cell<'_>; { [$($name),*].len() }] {
+            [$($cell),*]
+        }
+    };
 }
 
-pub(crate) const EVENT: Columns<6> = Columns([
-    ("workflow_id", "uuid"),
-    ("sequence", "bigint"),
-    ("event_type", "text"),
-    ("task_key", "text"),
-    ("at", "bigint"),
-    ("data", "json"),
-]);
+table!(
+    /// The `task` table.
+    TASK, task_cells, |m: &task::Model| {
+        "id" "uuid" => Cell::Id(m.id),
+        "workflow_id" "uuid" => Cell::Id(m.workflow_id),
+        "key" "text" => Cell::Text(&m.key),
+        "kind" "text" => Cell::Text(&m.kind),
+        "position" "int" => Cell::Int(m.position.into()),
+        "status" "text" => Cell::Text(&m.status),
+        "payload" "json" => json(&m.payload),
+        "result" "json" => json(&m.result),
+        "error" "text" => text(&m.error),
+        "depends_on" "json" => Cell::Json(&m.depends_on),
+        "dependents" "json" => Cell::Json(&m.dependents),
+        "pending_deps" "int" => Cell::Int(m.pending_deps.into()),
+        "priority" "smallint" => Cell::Int(m.priority.into()),
+        "attempts" "int" => Cell::Int(m.attempts.into()),
+        "attempt_base" "int" => Cell::Int(m.attempt_base.into()),
+        "retry" "json" => Cell::Json(&m.retry),
+        "timeout_ms" "bigint" => int(m.timeout_ms),
+        "idempotency_key" "text" => text(&m.idempotency_key),
+        "compensation" "json" => json(&m.compensation),
+        "comp_kind" "text" => text(&m.comp_kind),
+        "comp_attempts" "int" => Cell::Int(m.comp_attempts.into()),
+        "comp_attempt_base" "int" => Cell::Int(m.comp_attempt_base.into()),
+        "available_at" "bigint" => Cell::Int(m.available_at),
+        "dispatched_until" "bigint" => Cell::Int(m.dispatched_until),
+        "lease_until" "bigint" => int(m.lease_until),
+        "queued_at" "bigint" => int(m.queued_at),
+        "started_at" "bigint" => int(m.started_at),
+        "finished_at" "bigint" => int(m.finished_at),
+    }
+);
+
+table!(
+    /// The `event` table; a row is an event and the time it is written at.
+    EVENT, event_cells, |e: (&EventRecord, i64)| {
+        "workflow_id" "uuid" => Cell::Id(e.0.workflow_id.0),
+        "sequence" "bigint" => Cell::Int(e.0.sequence),
+        "event_type" "text" => Cell::Text(e.0.event_type.as_str()),
+        "task_key" "text" => text(&e.0.task_key),
+        "at" "bigint" => Cell::Int(e.1),
+        "data" "json" => Cell::Json(&e.0.data),
+    }
+);
+
+fn json(v: &Option<Json>) -> Cell<'_> {
+    v.as_ref().map_or(Cell::Null, Cell::Json)
+}
+
+fn text(v: &Option<String>) -> Cell<'_> {
+    v.as_deref().map_or(Cell::Null, Cell::Text)
+}
+
+fn int(v: Option<i64>) -> Cell<'static> {
+    v.map_or(Cell::Null, Cell::Int)
+}
 
 /// One value of a row. A JSON `null` is SQL NULL.
 #[derive(Debug, Clone, Copy)]

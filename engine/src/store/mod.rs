@@ -237,17 +237,7 @@ fn numbered<'a>(
 /// Inserts event rows: one `unnest` of array literals on PostgreSQL (`bulk`), multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        use bulk::Cell;
-        let rows = records.iter().map(|r| {
-            [
-                Cell::Id(r.workflow_id.0),
-                Cell::Int(r.sequence),
-                Cell::Text(r.event_type.as_str()),
-                r.task_key.as_deref().map_or(Cell::Null, Cell::Text),
-                Cell::Int(at),
-                Cell::Json(&r.data),
-            ]
-        });
+        let rows = records.iter().map(|r| bulk::event_cells((r, at)));
         return bulk::insert_rows(conn, "event", &bulk::EVENT, rows).await;
     }
     for chunk in records.chunks(2000) {
