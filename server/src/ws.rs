@@ -74,13 +74,11 @@ enum Item {
     End(Tag),
 }
 
-/// Which subscription an item belongs to: its id (and the id as a JSON string, escaped once) and the generation
-/// that tells a subscription from an earlier one with the same id.
+/// Which subscription an item belongs to: its id, and the id as a JSON string (escaped once).
 #[derive(Clone)]
 struct Tag {
     id: Arc<str>,
     json_id: Arc<str>,
-    generation: u64,
 }
 
 /// What the loop writes.
@@ -95,9 +93,9 @@ struct Connection<S, F> {
     legacy: bool,
     on_init: Option<F>,
     data: Option<Arc<Data>>,
-    /// Live subscriptions: generation and the handle that stops the stream.
-    live: HashMap<Arc<str>, (u64, AbortHandle)>,
-    generations: u64,
+    /// Live subscriptions and the handles that stop their streams. A stopped stream yields nothing more (not even
+    /// its end): every item the loop receives belongs to a live subscription.
+    live: HashMap<Arc<str>, AbortHandle>,
 }
 
 /// Runs the protocol on `socket` until either side closes it. `on_init` turns the `connection_init` payload into the
@@ -110,14 +108,8 @@ where
 {
     let (mut sink, mut input) = socket.split();
     let legacy = protocol.0 == WebSocketProtocols::SubscriptionsTransportWS;
-    let mut conn = Connection {
-        streams: subscriptions,
-        legacy,
-        on_init: Some(on_init),
-        data: None,
-        live: HashMap::new(),
-        generations: 0,
-    };
+    let mut conn =
+        Connection { streams: subscriptions, legacy, on_init: Some(on_init), data: None, live: HashMap::new() };
     let mut streams: SelectAll<BoxStream<'static, Item>> = SelectAll::new();
     let init_timeout = tokio::time::sleep(INIT_TIMEOUT);
     tokio::pin!(init_timeout);
@@ -236,7 +228,7 @@ where
                     return;
                 };
                 let id: Arc<str> = id.into();
-                if let Some((_, running)) = self.live.get(&id) {
+                if let Some(running) = self.live.get(&id) {
                     if !self.legacy {
                         out.push(Out::Close(4409, format!("Subscriber for {id} already exists")));
                         return;
@@ -244,9 +236,8 @@ where
                     // The legacy protocol lets a `start` replace a live subscription of the same id.
                     running.abort();
                 }
-                self.generations += 1;
                 let json_id: Arc<str> = serde_json::to_string(&*id).unwrap_or_else(|_| "\"\"".into()).into();
-                let tag = Tag { id: id.clone(), json_id, generation: self.generations };
+                let tag = Tag { id: id.clone(), json_id };
                 let (handle, registration) = AbortHandle::new_pair();
                 let end = tag.clone();
                 let stream = self
@@ -255,10 +246,10 @@ where
                     .map(move |payload| Item::Next(tag.clone(), payload))
                     .chain(futures::stream::once(async move { Item::End(end) }));
                 streams.push(Abortable::new(stream, registration).boxed());
-                self.live.insert(id, (self.generations, handle));
+                self.live.insert(id, handle);
             }
             ClientMessage::Stop { id } => {
-                if let Some((_, running)) = self.live.remove(id.as_str()) {
+                if let Some(running) = self.live.remove(id.as_str()) {
                     running.abort();
                     if self.legacy {
                         let json_id = serde_json::to_string(&id).unwrap_or_default();
@@ -284,14 +275,8 @@ where
         }
     }
 
-    /// A stream's item as a message, if its subscription is still the live one of its id.
+    /// A stream's item as a message. Only live subscriptions' streams yield (see `live`), so no lookup per message.
     fn deliver(&mut self, item: Item, out: &mut Vec<Out>) {
-        let tag = match &item {
-            Item::Next(tag, _) | Item::End(tag) => tag,
-        };
-        if self.live.get(&tag.id).is_none_or(|(generation, _)| *generation != tag.generation) {
-            return;
-        }
         match item {
             Item::Next(tag, payload) => {
                 let ty = if self.legacy { "data" } else { "next" };

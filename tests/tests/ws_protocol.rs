@@ -16,6 +16,21 @@ async fn sleeper(server: &Server, ms: u64) -> String {
         .await
 }
 
+/// The messages of subscription `id` up to its `complete`, each checked to be of type `next_type` and that id (no
+/// other subscription may interleave); returns their events.
+async fn stream_until_complete(ws: &mut RawWs, id: &str, next_type: &str, context: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let v = ws.json().await;
+        assert_eq!(v["id"], id, "{context}: {v}");
+        if v["type"] == "complete" {
+            return events;
+        }
+        assert_eq!(v["type"], next_type, "{v}");
+        events.push(v["payload"]["data"]["workflowEvents"].clone());
+    }
+}
+
 fn subscribe(id: &str, workflow: &str) -> Value {
     json!({ "id": id, "type": "subscribe", "payload": { "query": EVENTS, "variables": { "id": workflow } } })
 }
@@ -94,16 +109,10 @@ async fn subscriptions_on_one_connection_stream_independently_and_a_client_compl
     ws.send(json!({ "type": "complete", "id": "a" })).await;
     ws.send(json!({ "type": "ping" })).await;
     while ws.json().await["type"] != "pong" {}
-    let mut types = Vec::new();
-    loop {
-        let v = ws.json().await;
-        assert_eq!(v["id"], "b", "nothing more for the completed subscription, not even a complete: {v}");
-        if v["type"] == "complete" {
-            break;
-        }
-        types.push(v["payload"]["data"]["workflowEvents"]["type"].as_str().expect("event").to_owned());
-    }
-    assert_eq!(types.last().map(String::as_str), Some("WORKFLOW_COMPLETED"), "{types:?}");
+    let context = "nothing more for the completed subscription, not even a complete";
+    let events = stream_until_complete(&mut ws, "b", "next", context).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().expect("event")).collect();
+    assert_eq!(types.last(), Some(&"WORKFLOW_COMPLETED"), "{types:?}");
     // The connection is still good for another subscription.
     ws.send(subscribe("c", &b)).await;
     let v = ws.json().await;
@@ -136,16 +145,8 @@ async fn the_legacy_graphql_ws_protocol_streams_and_stops() {
     assert_eq!(ws.json().await["type"], "connection_ack");
     let start = |id: &str, wf: &str| json!({ "id": id, "type": "start", "payload": { "query": EVENTS, "variables": { "id": wf } } });
     ws.send(start("1", &short)).await;
-    let mut sequences = Vec::new();
-    loop {
-        let v = ws.json().await;
-        assert_eq!(v["id"], "1", "{v}");
-        if v["type"] == "complete" {
-            break;
-        }
-        assert_eq!(v["type"], "data", "{v}");
-        sequences.push(v["payload"]["data"]["workflowEvents"]["sequence"].as_i64().expect("sequence"));
-    }
+    let events = stream_until_complete(&mut ws, "1", "data", "only the started subscription").await;
+    let sequences: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().expect("sequence")).collect();
     assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
     assert_eq!(sequences.len(), server.events(&short).await.len());
 
