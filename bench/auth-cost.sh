@@ -2,12 +2,15 @@
 # The cost of authentication per request, over HTTP with wrk against a release server on the embedded default:
 # the same request with no credential (no auth work), with a JWT and with an API key, and the hot workflow read
 # with each credential. Usage: bench/auth-cost.sh [seconds per run, default 10]
+# BIN=/path/to/taskorch measures that binary instead of building this checkout's (for side-by-side runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -q --bin taskorch
-BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/taskorch")
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q --bin taskorch
+  BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/taskorch")
+fi
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 PASS=bench-admin-password

@@ -32,6 +32,7 @@ use crate::error::code;
 use crate::graphql::loaders::TaskLoader;
 use crate::graphql::subscription::ActiveSubscriptions;
 use crate::graphql::{AppSchema, SchemaOptions, build_schema};
+use crate::hot::{Key, Lookup, ResponseCache};
 use crate::playground;
 
 #[derive(Clone)]
@@ -46,6 +47,8 @@ pub struct AppState {
     pub broker: Option<Arc<dyn TaskQueue>>,
     pub metrics: Option<PrometheusHandle>,
     pub max_batch: usize,
+    /// Answers of hot reads, on the embedded default (see `crate::hot`).
+    pub hot: Option<Arc<ResponseCache>>,
     /// Largest WebSocket message (the body limit).
     pub max_message: usize,
 }
@@ -96,6 +99,9 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
     let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
     let schema = build_schema(engine.clone(), subscriptions.clone(), opts.schema.clone());
+    let hot = engine.snapshot().map(|snapshot| {
+        Arc::new(ResponseCache::new(snapshot, opts.schema.limiter.clone(), opts.schema.quotas.clone()))
+    });
     let state = AppState {
         streams: crate::fanout::Shared::new(schema.clone(), subscriptions.clone()),
         schema,
@@ -105,6 +111,7 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
         broker,
         metrics: opts.metrics.clone(),
         max_batch: opts.schema.limits.max_batch,
+        hot,
         max_message: opts.max_body_bytes,
     };
     let max_body = opts.max_body_bytes;
@@ -232,11 +239,7 @@ async fn graphql_post(
 ) -> Response {
     let caller = caller(&state, &headers, ip).await;
     match req.into_inner() {
-        BatchRequest::Single(req) => {
-            let resp = state.schema.execute(with_request_data(&state, req, caller)).await;
-            let wait = retry_after(&[&resp]);
-            respond(resp, wait)
-        }
+        BatchRequest::Single(req) => execute_single(&state, req, caller).await,
         BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => error_body(
             StatusCode::BAD_REQUEST,
             code::LIMIT_EXCEEDED,
@@ -274,7 +277,27 @@ async fn graphql_get(
         );
     }
     let caller = caller(&state, &headers, ip).await;
-    let resp = state.schema.execute(with_request_data(&state, req, caller)).await;
+    execute_single(&state, req, caller).await
+}
+
+/// One operation: from the response cache when it holds the answer, else executed (and kept when it may be).
+async fn execute_single(state: &AppState, req: async_graphql::Request, caller: Caller) -> Response {
+    let key = state.hot.as_ref().and_then(|hot| Some((hot, Key::of(&caller, &req)?)));
+    let Some((hot, key)) = key else {
+        return respond_single(state.schema.execute(with_request_data(state, req, caller)).await);
+    };
+    match hot.lookup(key, &caller).await {
+        Lookup::Hit(resp) => resp,
+        Lookup::Miss(pending) => {
+            let req = with_request_data(state, req, caller).data(pending.slot.clone());
+            let resp = state.schema.execute(req).await;
+            hot.keep(pending, resp)
+        }
+    }
+}
+
+/// The HTTP answer to one operation (429 with `Retry-After` when it was rate-limited).
+pub(crate) fn respond_single(resp: async_graphql::Response) -> Response {
     let wait = retry_after(&[&resp]);
     respond(resp, wait)
 }

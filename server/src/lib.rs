@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod graphql;
+pub mod hot;
 pub mod metrics;
 pub mod playground;
 pub mod security;

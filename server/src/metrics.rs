@@ -37,7 +37,7 @@ struct RequestMetricsExtension {
 }
 
 /// Operation names come from clients: only short identifiers become label values.
-fn label(name: Option<&str>) -> String {
+pub(crate) fn label(name: Option<&str>) -> String {
     match name {
         Some(n) if n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => n.to_owned(),
         Some(_) => "other".to_owned(),

@@ -265,6 +265,53 @@ async fn tenants_cannot_see_or_touch_each_other() {
     assert_eq!(code(&body), "FORBIDDEN", "{body}");
 }
 
+/// A repeated read is answered from the response cache on the embedded default (`server/src/hot.rs`): to its own
+/// caller only, charged to the rate limit like the call it repeats, and timed like one.
+#[tokio::test]
+async fn a_repeated_read_is_answered_to_its_caller_alone_and_charged_like_a_call() {
+    let server = Server::start_with(env(&[("TASKORCH_RATE_LIMITS", "list=0,read=5,write=0,login=0")])).await;
+    let tenant_b = server.data("mutation { createTenant(name: \"b\") { id } }", json!({})).await["createTenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = api_key(&server, &server.token, "ADMIN", Some(&tenant_b)).await;
+    let id = server.gql(CHAIN, json!({ "i": workflow_input("hot") })).await["data"]["submitWorkflow"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hot = json!({ "query": "query Hot($id: ID!) { workflow(id: $id) { id status } }", "variables": { "id": id } });
+    let post = |credential: &str| server.http().post(server.graphql_url()).bearer_auth(credential).json(&hot).send();
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let resp = post(&server.token).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/graphql-response+json");
+        answers.push(resp.json::<Value>().await.unwrap());
+    }
+    assert_eq!(answers[0]["data"]["workflow"]["status"], "RUNNING", "{}", answers[0]);
+    assert!(answers.iter().all(|a| *a == answers[0]), "every repeat is the same answer: {answers:?}");
+    // The sixth read in the minute is refused, from the cache as it would be from the executor (a JWT writes
+    // nothing, so the file is unchanged and this is a kept answer's lookup).
+    let refused = post(&server.token).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(code(&refused.json::<Value>().await.unwrap()), "RATE_LIMITED");
+    // Another tenant sending the very same request is not given the kept answer.
+    let other = post(&b).await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(code(&other), "NOT_FOUND", "{other}");
+    assert!(other["data"]["workflow"].is_null(), "{other}");
+    let text = server.metrics().await;
+    let timed = text
+        .lines()
+        .filter(|l| l.starts_with("taskorch_graphql_request_duration_seconds_count{"))
+        .find(|l| l.contains("name=\"Hot\"") && l.contains("type=\"query\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(timed, Some(6.0), "every answered read is timed, kept or not");
+    if !common::postgres() {
+        assert_eq!(server.metric("taskorch_graphql_cached_answers_total").await, 4.0, "the repeats were kept answers");
+    }
+}
+
 #[tokio::test]
 async fn listing_is_rate_limited_per_key_with_retry_after() {
     let server = Server::start_with(env(&[("TASKORCH_RATE_LIMITS", "list=100,read=0,write=0,login=0")])).await;

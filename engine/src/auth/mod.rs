@@ -58,14 +58,14 @@ const REFRESH_TOKEN_LEN: usize = 48;
 const TOUCH_EVERY_US: i64 = 1_000_000;
 
 /// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     pub tenant: TenantId,
     pub role: Role,
     pub subject: Subject,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
     User(UserId),
     ApiKey { id: ApiKeyId, prefix: String },

@@ -52,6 +52,7 @@ pub fn build_schema(
         .data(subscriptions)
         .data(opts.auth)
         .extension(crate::metrics::RequestMetrics)
+        .extension(crate::hot::PlanExtension)
         // The last extension sees the parsed document first: limits are checked before the call is counted.
         .extension(ratelimit::RateLimits { limiter: opts.limiter, quotas: opts.quotas })
         .extension(limits::DocumentLimitsExtension(opts.limits))

@@ -21,7 +21,7 @@ const LIST_FIELDS: [&str; 4] = ["workflows", "users", "apiKeys", "tenants"];
 const LOGIN_FIELDS: [&str; 2] = ["login", "refreshToken"];
 
 /// Root field names of a selection set, through inline fragments and fragment spreads.
-fn root_fields<'a>(
+pub fn root_fields<'a>(
     doc: &'a ExecutableDocument,
     set: &'a SelectionSet,
     seen: &mut Vec<&'a str>,
@@ -95,18 +95,35 @@ impl ExtensionFactory for RateLimits {
 
 struct Limiter(Arc<dyn RateLimiter>, Quotas);
 
-impl Limiter {
-    /// The charges of one call of `class`: (subject, quota).
-    fn charges(&self, class: OperationClass, caller: &Caller) -> Vec<(String, Quota)> {
-        let quota = self.1.get(class);
-        let address = format!("ip:{}", caller.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into()));
-        match caller.principal() {
-            Some(p) if class != OperationClass::Login => {
-                vec![(p.rate_key(), quota), (address, quota.times(PER_ADDRESS_FACTOR))]
+/// The charges of one call of `class`: (subject, quota).
+fn charges(quotas: &Quotas, class: OperationClass, caller: &Caller) -> Vec<(String, Quota)> {
+    let quota = quotas.get(class);
+    let address = format!("ip:{}", caller.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into()));
+    match caller.principal() {
+        Some(p) if class != OperationClass::Login => {
+            vec![(p.rate_key(), quota), (address, quota.times(PER_ADDRESS_FACTOR))]
+        }
+        _ => vec![(address, quota)],
+    }
+}
+
+/// Charges `caller` for one call of each of `classes`; the first refusal is the error. A call answered from the
+/// response cache (`crate::hot`) is charged here exactly as a parsed one.
+pub async fn charge(
+    limiter: &dyn RateLimiter,
+    quotas: &Quotas,
+    classes: &[OperationClass],
+    caller: &Caller,
+) -> Result<(), ServerError> {
+    for &class in classes {
+        for (subject, quota) in charges(quotas, class, caller) {
+            if let Decision::Limited { retry_after_ms } = limiter.check(class, &subject, quota).await {
+                metrics::counter!("taskorch_rate_limited_total", "class" => class.as_str()).increment(1);
+                return Err(limited(class, retry_after_ms));
             }
-            _ => vec![(address, quota)],
         }
     }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -121,14 +138,7 @@ impl Extension for Limiter {
         let doc = next.run(ctx, query, variables).await?;
         // In-process callers (tests of the schema) carry no caller.
         let Some(caller) = ctx.data_opt::<Caller>() else { return Ok(doc) };
-        for class in classify(&doc) {
-            for (subject, quota) in self.charges(class, caller) {
-                if let Decision::Limited { retry_after_ms } = self.0.check(class, &subject, quota).await {
-                    metrics::counter!("taskorch_rate_limited_total", "class" => class.as_str()).increment(1);
-                    return Err(limited(class, retry_after_ms));
-                }
-            }
-        }
+        charge(self.0.as_ref(), &self.1, &classify(&doc), caller).await?;
         Ok(doc)
     }
 }
