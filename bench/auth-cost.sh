@@ -3,6 +3,7 @@
 # the same request with no credential (no auth work), with a JWT and with an API key, and the hot workflow read
 # with each credential. Usage: bench/auth-cost.sh [seconds per run, default 10]
 # BIN=/path/to/taskorch measures that binary instead of building this checkout's (for side-by-side runs).
+# TASKORCH_DATABASE_URL, TASKORCH_REDIS_URL, TASKORCH_AMQP_URL in the environment run the server on those instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -40,7 +41,9 @@ run() { # name, body, credential
 }
 TYPENAME='{"query":"{ __typename }"}'
 HOT='{"query":"query($id: ID!) { workflow(id: $id) { status tasks { key status } } }","variables":{"id":"'$WF'"}}'
-echo "wrk -t1 -c32 -d${SECS}s, server: release, embedded default (SQLite), $(nproc) cores shared with wrk"
+BACKEND="embedded default (SQLite)"
+[ -n "${TASKORCH_DATABASE_URL:-}" ] && BACKEND="${TASKORCH_DATABASE_URL%%://*}${TASKORCH_REDIS_URL:+ + Redis}${TASKORCH_AMQP_URL:+ + RabbitMQ}"
+echo "wrk -t1 -c32 -d${SECS}s, server: release, $BACKEND, $(nproc) cores shared with wrk"
 run "{ __typename }, no credential" "$TYPENAME" ""
 run "{ __typename }, JWT" "$TYPENAME" "$JWT"
 run "{ __typename }, API key" "$TYPENAME" "$KEY"

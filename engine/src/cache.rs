@@ -17,6 +17,10 @@ pub trait ReadCache: Send + Sync + 'static {
     async fn put(&self, record: &WorkflowRecord);
     /// Marks every cached copy of these workflows older than the given sequence as stale.
     async fn invalidate(&self, newest: &[(WorkflowId, i64)]);
+    /// Whether the cache is shared by every process and invalidated by every event (not a no-op).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// No cache (the embedded default reads SQLite directly).
@@ -54,6 +58,10 @@ impl RedisCache {
 
 #[async_trait]
 impl ReadCache for RedisCache {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn get(&self, id: WorkflowId) -> Option<WorkflowRecord> {
         let (entry, seq) = self.keys(id);
         let mut conn = self.conn.clone();

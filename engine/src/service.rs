@@ -216,6 +216,18 @@ impl Engine {
         Ok(record)
     }
 
+    /// Whether workflow reads go through a shared read cache (Redis).
+    pub fn has_shared_cache(&self) -> bool {
+        self.inner.cache.is_shared()
+    }
+
+    /// The newest sequence of `id` as the shared read cache (Redis) knows it: the sequence of its cached copy while
+    /// no newer event has marked that copy stale; `None` without a shared cache or a fresh copy. Equal answers at
+    /// two moments mean no event of the workflow was published in between.
+    pub async fn cached_sequence(&self, id: WorkflowId) -> Option<i64> {
+        self.inner.cache.get(id).await.map(|r| r.last_sequence)
+    }
+
     /// One workflow of `tenant`; another tenant's workflow is reported as missing, like an unknown id.
     pub async fn workflow_of(&self, tenant: TenantId, id: WorkflowId) -> Result<Option<WorkflowRecord>, Error> {
         Ok(self.workflow(id).await?.filter(|w| w.tenant_id == tenant))

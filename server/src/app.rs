@@ -47,7 +47,7 @@ pub struct AppState {
     pub broker: Option<Arc<dyn TaskQueue>>,
     pub metrics: Option<PrometheusHandle>,
     pub max_batch: usize,
-    /// Answers of hot reads, on the embedded default (see `crate::hot`).
+    /// Kept answers of hot reads (see `crate::hot`).
     pub hot: Option<Arc<ResponseCache>>,
     /// Largest WebSocket message (the body limit).
     pub max_message: usize,
@@ -99,9 +99,7 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
     let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
     let schema = build_schema(engine.clone(), subscriptions.clone(), opts.schema.clone());
-    let hot = engine.snapshot().map(|snapshot| {
-        Arc::new(ResponseCache::new(snapshot, opts.schema.limiter.clone(), opts.schema.quotas.clone()))
-    });
+    let hot = ResponseCache::for_engine(&engine, opts.schema.limiter.clone(), opts.schema.quotas.clone()).map(Arc::new);
     let state = AppState {
         streams: crate::fanout::Shared::new(schema.clone(), subscriptions.clone()),
         schema,

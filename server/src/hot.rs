@@ -1,22 +1,29 @@
-//! Response cache of hot reads on the embedded default. A query whose root fields only read workflows (`workflow`,
-//! `workflows`) is answered with the bytes of an earlier identical answer while the SQLite file has not changed at
-//! all: same caller (tenant, role, credential), same document, operation name and variables, and the same
-//! WAL-index header as was read *before* the earlier execution started (`taskorch_engine::snapshot`), so a hit
-//! never returns a state older than the file. A hit skips parsing, validation and execution, but not what a caller
-//! would notice: it is rate-limited like the call it repeats (the operation classes are kept with the answer) and
-//! timed in `taskorch_graphql_request_duration_seconds`. Only answers without errors are kept.
+//! Response cache of hot reads. A query whose root fields only read workflows is answered with the bytes of an
+//! earlier identical answer (same caller — tenant, role, credential —, document, operation name and variables) while
+//! nothing it read can have changed:
+//! - embedded default (`workflow`, `workflows`): the SQLite file is unchanged, i.e. the WAL-index header is the one
+//!   read *before* the earlier execution started (`taskorch_engine::snapshot`), so a hit is never older than the file;
+//! - with the shared Redis read cache (`workflow(id)` alone): the workflow's cached copy still has the sequence it had
+//!   before the earlier execution started. Every event marks that copy stale before it is published (mutations return
+//!   only after), so a hit is as fresh as the read cache's own reads.
+//!
+//! A hit skips parsing, validation and execution, but not what a caller would notice: it is rate-limited like the
+//! call it repeats (the operation classes are kept with the answer) and timed in
+//! `taskorch_graphql_request_duration_seconds`. Only answers without errors are kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{ServerResult, Variables};
+use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
+use async_graphql::{ServerResult, Value, Variables};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use taskorch_domain::WorkflowId;
 use taskorch_domain::ratelimit::{OperationClass, Quotas};
+use taskorch_engine::Engine;
 use taskorch_engine::auth::Principal;
 use taskorch_engine::ratelimit::RateLimiter;
 use taskorch_engine::snapshot::{SnapshotCache, Stamp};
@@ -58,32 +65,119 @@ impl Key {
     }
 }
 
-/// What the parsed document says about an answer, filled in during execution (see [`PlanExtension`]).
+/// What the parsed document says about an answer (see [`PlanExtension`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// Every operation is a query over [`CACHEABLE_ROOTS`].
     cacheable: bool,
+    /// The workflow of a document whose one data field is `workflow(id)`.
+    workflow: Option<WorkflowId>,
     classes: Vec<OperationClass>,
     /// The operation's name label for the request-duration metric.
     name: String,
 }
 
 impl Plan {
-    fn of(doc: &ExecutableDocument) -> Self {
-        let cacheable = doc.operations.iter().all(|(_, op)| {
+    fn of(doc: &ExecutableDocument, variables: &Variables) -> Self {
+        let mut cacheable = true;
+        let mut fields = Vec::new();
+        for (_, op) in doc.operations.iter() {
             let mut roots = Vec::new();
             root_fields(doc, &op.node.selection_set.node, &mut Vec::new(), &mut roots);
-            op.node.ty == OperationType::Query && roots.iter().all(|r| CACHEABLE_ROOTS.contains(r))
-        });
+            cacheable &= op.node.ty == OperationType::Query && roots.iter().all(|r| CACHEABLE_ROOTS.contains(r));
+            root_field_nodes(doc, &op.node.selection_set.node, &mut Vec::new(), &mut fields);
+        }
+        let data: Vec<_> = fields.iter().filter(|f| f.name.node != "__typename").collect();
+        let workflow = match (cacheable, doc.operations.iter().count(), data.as_slice()) {
+            (true, 1, [f]) if f.name.node == "workflow" => workflow_arg(f, variables),
+            _ => None,
+        };
         let name = crate::metrics::label(doc.operations.iter().next().and_then(|(n, _)| n.map(|n| n.as_str())));
-        Self { cacheable, classes: classify(doc), name }
+        Self { cacheable, workflow, classes: classify(doc), name }
     }
 }
 
-/// The slot a request's [`Plan`] is written to (request data).
-#[derive(Clone, Default)]
-pub struct PlanSlot(Arc<OnceLock<Plan>>);
+/// Root fields of a selection set, through inline fragments and fragment spreads.
+fn root_field_nodes<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    seen: &mut Vec<&'a str>,
+    out: &mut Vec<&'a Field>,
+) {
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(f) => out.push(&f.node),
+            Selection::InlineFragment(f) => root_field_nodes(doc, &f.node.selection_set.node, seen, out),
+            Selection::FragmentSpread(s) => {
+                let name = s.node.fragment_name.node.as_str();
+                if !seen.contains(&name) {
+                    seen.push(name);
+                    if let Some(def) = doc.fragments.get(&s.node.fragment_name.node) {
+                        root_field_nodes(doc, &def.node.selection_set.node, seen, out);
+                    }
+                }
+            }
+        }
+    }
+}
 
-/// Writes the [`Plan`] of a request carrying a [`PlanSlot`] once its document is parsed.
+/// The `id` argument of a `workflow` field, literal or variable.
+fn workflow_arg(field: &Field, variables: &Variables) -> Option<WorkflowId> {
+    let value = field.get_argument("id")?.node.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(()));
+    match value.ok()? {
+        Value::String(id) => id.parse().ok(),
+        _ => None,
+    }
+}
+
+/// What a kept answer's freshness is checked against.
+#[derive(Clone)]
+pub enum Freshness {
+    /// The SQLite file's WAL-index header (embedded default).
+    File(Arc<SnapshotCache>),
+    /// The workflow's copy in the shared read cache (production stack with Redis).
+    Workflow(Engine),
+}
+
+/// The state an answer was computed from, read before its execution.
+#[derive(Clone, Debug, PartialEq)]
+enum Version {
+    File(Stamp),
+    Workflow(WorkflowId, i64),
+}
+
+impl Freshness {
+    /// The current version of what `plan`'s answer reads; `None` when it is not to be kept.
+    async fn version(&self, plan: &Plan) -> Option<Version> {
+        match self {
+            Self::File(snapshot) if plan.cacheable => snapshot.stamp().map(Version::File),
+            Self::Workflow(engine) => {
+                let id = plan.workflow?;
+                engine.cached_sequence(id).await.map(|seq| Version::Workflow(id, seq))
+            }
+            Self::File(_) => None,
+        }
+    }
+
+    /// Whether the state is still `version`.
+    async fn unchanged(&self, version: &Version) -> bool {
+        match (self, version) {
+            (Self::File(snapshot), Version::File(stamp)) => snapshot.stamp().as_ref() == Some(stamp),
+            (Self::Workflow(engine), Version::Workflow(id, seq)) => engine.cached_sequence(*id).await == Some(*seq),
+            _ => false,
+        }
+    }
+}
+
+/// The slot a request's plan and version are written to (request data).
+#[derive(Clone)]
+pub struct PlanSlot {
+    freshness: Freshness,
+    out: Arc<OnceLock<(Plan, Option<Version>)>>,
+}
+
+/// Writes the plan of a request carrying a [`PlanSlot`] once its document is parsed, with the version of what it
+/// will read (read here, before any resolver runs).
 pub struct PlanExtension;
 
 impl ExtensionFactory for PlanExtension {
@@ -103,14 +197,16 @@ impl Extension for PlanExtension {
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
         if let Some(slot) = ctx.data_opt::<PlanSlot>() {
-            let _ = slot.0.set(Plan::of(&doc));
+            let plan = Plan::of(&doc, variables);
+            let version = slot.freshness.version(&plan).await;
+            let _ = slot.out.set((plan, version));
         }
         Ok(doc)
     }
 }
 
 struct Entry {
-    stamp: Stamp,
+    version: Version,
     classes: Vec<OperationClass>,
     name: String,
     body: Bytes,
@@ -124,7 +220,7 @@ struct Entries {
 
 /// See the module documentation.
 pub struct ResponseCache {
-    snapshot: Arc<SnapshotCache>,
+    freshness: Freshness,
     limiter: Arc<dyn RateLimiter>,
     quotas: Quotas,
     entries: Mutex<Entries>,
@@ -134,32 +230,40 @@ pub struct ResponseCache {
 pub enum Lookup {
     /// The answer, ready to send.
     Hit(Response),
-    /// Execute it, then hand the answer to [`ResponseCache::keep`].
+    /// Execute it with the slot in its data, then hand the answer to [`ResponseCache::keep`].
     Miss(Pending),
 }
 
-/// A missed request: its key, the header read before execution and the slot its plan is written to.
+/// A missed request: its key and the slot its plan is written to.
 pub struct Pending {
     key: Key,
-    stamp: Option<Stamp>,
     pub slot: PlanSlot,
 }
 
 impl ResponseCache {
-    pub fn new(snapshot: Arc<SnapshotCache>, limiter: Arc<dyn RateLimiter>, quotas: Quotas) -> Self {
-        Self { snapshot, limiter, quotas, entries: Mutex::default() }
+    /// The cache of an engine: on the embedded default's file, or over the shared read cache when there is one.
+    pub fn for_engine(engine: &Engine, limiter: Arc<dyn RateLimiter>, quotas: Quotas) -> Option<Self> {
+        let freshness = match engine.snapshot() {
+            Some(snapshot) => Freshness::File(snapshot),
+            None if engine.has_shared_cache() => Freshness::Workflow(engine.clone()),
+            None => return None,
+        };
+        Some(Self { freshness, limiter, quotas, entries: Mutex::default() })
     }
 
-    /// The kept answer to `key` if the database is unchanged since it was computed; a hit is charged to the
-    /// caller's rate limits like the call it repeats.
+    /// The kept answer to `key` if what it read is unchanged; a hit is charged to the caller's rate limits like
+    /// the call it repeats.
     pub async fn lookup(&self, key: Key, caller: &Caller) -> Lookup {
         let started = Instant::now();
-        let stamp = self.snapshot.stamp();
-        let hit = stamp.and_then(|now| {
-            let entries = self.entries.lock().ok()?;
-            entries.map.get(&key).filter(|e| e.stamp == now).cloned()
-        });
-        let Some(entry) = hit else { return Lookup::Miss(Pending { key, stamp, slot: PlanSlot::default() }) };
+        let kept = self.entries.lock().ok().and_then(|entries| entries.map.get(&key).cloned());
+        let fresh = match &kept {
+            Some(entry) => self.freshness.unchanged(&entry.version).await,
+            None => false,
+        };
+        let (Some(entry), true) = (kept, fresh) else {
+            let slot = PlanSlot { freshness: self.freshness.clone(), out: Arc::default() };
+            return Lookup::Miss(Pending { key, slot });
+        };
         if let Err(refused) = ratelimit::charge(self.limiter.as_ref(), &self.quotas, &entry.classes, caller).await {
             return Lookup::Hit(crate::app::respond_single(async_graphql::Response::from_errors(vec![refused])));
         }
@@ -169,17 +273,13 @@ impl ResponseCache {
         Lookup::Hit(json(entry.body.clone()))
     }
 
-    /// Keeps the answer of a missed request when its document only reads and it has no errors, and returns the
-    /// HTTP response either way.
+    /// Keeps the answer of a missed request when its plan allows and it has no errors, and returns the HTTP
+    /// response either way.
     pub fn keep(&self, pending: Pending, resp: async_graphql::Response) -> Response {
-        let plan = pending.slot.0.get();
         let keepable = resp.is_ok() && resp.http_headers.is_empty() && resp.cache_control.value().is_none();
-        let (Some(stamp), Some(plan), true) = (pending.stamp, plan, keepable) else {
+        let Some((plan, Some(version))) = pending.slot.out.get().filter(|_| keepable) else {
             return crate::app::respond_single(resp);
         };
-        if !plan.cacheable {
-            return crate::app::respond_single(resp);
-        }
         let Ok(body) = serde_json::to_vec(&resp) else { return crate::app::respond_single(resp) };
         let body = Bytes::from(body);
         if body.len() <= MAX_ENTRY_BYTES
@@ -190,7 +290,12 @@ impl ResponseCache {
                 entries.bytes = 0;
             }
             entries.bytes += body.len();
-            let entry = Entry { stamp, classes: plan.classes.clone(), name: plan.name.clone(), body: body.clone() };
+            let entry = Entry {
+                version: version.clone(),
+                classes: plan.classes.clone(),
+                name: plan.name.clone(),
+                body: body.clone(),
+            };
             if let Some(old) = entries.map.insert(pending.key, Arc::new(entry)) {
                 entries.bytes -= old.body.len();
             }
@@ -210,8 +315,11 @@ fn json(body: Bytes) -> Response {
 mod tests {
     use super::*;
 
+    const ID: &str = "0192f0c4-8a3e-7000-8000-000000000001";
+
     fn plan(q: &str) -> Plan {
-        Plan::of(&async_graphql::parser::parse_query(q).expect("parses"))
+        let vars = Variables::from_json(serde_json::json!({ "id": ID }));
+        Plan::of(&async_graphql::parser::parse_query(q).expect("parses"), &vars)
     }
 
     #[test]
@@ -224,6 +332,22 @@ mod tests {
         assert!(!plan("mutation { cancelWorkflow(id: \"x\") { id } }").cacheable);
         assert!(!plan("subscription { workflowEvents(workflowId: \"x\") { sequence } }").cacheable);
         assert!(!plan("query A { workflow(id: \"x\") { id } } query B { users { id } }").cacheable);
+    }
+
+    #[test]
+    fn the_workflow_of_a_single_workflow_read_is_known_from_a_literal_or_a_variable() {
+        let id: WorkflowId = ID.parse().expect("id");
+        assert_eq!(plan("query($id: ID!) { workflow(id: $id) { status } }").workflow, Some(id));
+        assert_eq!(plan(&format!("{{ __typename workflow(id: \"{ID}\") {{ status }} }}")).workflow, Some(id));
+        assert_eq!(
+            plan("query Q($id: ID!) { ...F } fragment F on Query { workflow(id: $id) { id } }").workflow,
+            Some(id)
+        );
+        assert_eq!(plan("{ workflow(id: \"not-an-id\") { status } }").workflow, None);
+        let two = format!("query($id: ID!) {{ a: workflow(id: $id) {{ id }} b: workflow(id: \"{ID}\") {{ id }} }}");
+        assert_eq!(plan(&two).workflow, None, "two workflows read: no single version");
+        assert_eq!(plan("query($id: ID!) { workflow(id: $id) { id } workflows { edges { cursor } } }").workflow, None);
+        assert_eq!(plan("query($id: ID!) { workflow(id: $id) { id } me { email } }").workflow, None);
     }
 
     #[test]
