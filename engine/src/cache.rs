@@ -21,6 +21,16 @@ pub trait ReadCache: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// The generation of API key rows: a value replaced after every change to a key row (a revocation), never
+    /// reused, so a process may keep key rows read under it while it is unchanged. `None` without a shared cache or
+    /// when it cannot be read.
+    async fn key_generation(&self) -> Option<String> {
+        None
+    }
+    /// Replaces the generation (after the change committed); false when that failed.
+    async fn bump_key_generation(&self) -> bool {
+        true
+    }
 }
 
 /// No cache (the embedded default reads SQLite directly).
@@ -54,12 +64,39 @@ impl RedisCache {
     fn keys(&self, id: WorkflowId) -> (String, String) {
         (format!("{}:wf:{id}", self.namespace), format!("{}:wfseq:{id}", self.namespace))
     }
+
+    fn key_generation_key(&self) -> String {
+        format!("{}:apikeys:generation", self.namespace)
+    }
+}
+
+/// A generation value no earlier one can equal (random, 128 bits).
+fn new_generation() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 #[async_trait]
 impl ReadCache for RedisCache {
     fn is_shared(&self) -> bool {
         true
+    }
+
+    async fn key_generation(&self) -> Option<String> {
+        let key = self.key_generation_key();
+        let mut conn = self.conn.clone();
+        if let Some(generation) = conn.get::<_, Option<String>>(&key).await.ok()? {
+            return Some(generation);
+        }
+        // None yet (or Redis lost it): start one; of racing processes the first write wins.
+        let _: Option<String> =
+            redis::cmd("SET").arg(&key).arg(new_generation()).arg("NX").query_async(&mut conn).await.ok()?;
+        conn.get::<_, Option<String>>(&key).await.ok()?
+    }
+
+    async fn bump_key_generation(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let set: Result<(), _> = conn.set(self.key_generation_key(), new_generation()).await;
+        set.inspect_err(|e| tracing::error!(error = %e, "API key generation not replaced")).is_ok()
     }
 
     async fn get(&self, id: WorkflowId) -> Option<WorkflowRecord> {

@@ -221,6 +221,11 @@ impl Engine {
         self.inner.cache.is_shared()
     }
 
+    /// The shared read cache, when there is one (authentication keeps API key rows under its key generation).
+    pub fn shared_cache(&self) -> Option<Arc<dyn ReadCache>> {
+        self.inner.cache.is_shared().then(|| self.inner.cache.clone())
+    }
+
     /// The newest sequence of `id` as the shared read cache (Redis) knows it: the sequence of its cached copy while
     /// no newer event has marked that copy stale; `None` without a shared cache or a fresh copy. Equal answers at
     /// two moments mean no event of the workflow was published in between.

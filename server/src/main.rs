@@ -45,10 +45,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("migrations applied");
         return Ok(());
     }
-    let (auth, bootstrap) =
-        Auth::init(backends.engine.store().clone(), backends.engine.snapshot(), config.security.auth_options()?)
-            .await
-            .map_err(|e| anyhow::anyhow!("authentication setup failed: {e}"))?;
+    let (auth, bootstrap) = Auth::init(
+        backends.engine.store().clone(),
+        backends.engine.snapshot(),
+        backends.engine.shared_cache(),
+        config.security.auth_options()?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("authentication setup failed: {e}"))?;
     let quotas = config.security.quotas()?;
     let limiter: Arc<dyn RateLimiter> = match &config.worker.redis_url {
         None => Arc::new(InProcessRateLimiter::new()),

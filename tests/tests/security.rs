@@ -562,7 +562,13 @@ async fn a_revocation_holds_on_every_server_at_once() {
     let created = a.gql_as(Some(&a.token), CREATE_KEY, json!({ "n": "svc", "r": "VIEWER" })).await;
     let secret = created["data"]["createApiKey"]["secret"].as_str().unwrap().to_owned();
     let id = created["data"]["createApiKey"]["apiKey"]["id"].clone();
-    assert!(b.gql_as(Some(&secret), LIST, json!({})).await["errors"].is_null(), "the key works on the other server");
+    // Used twice on B: with Redis, B keeps the key's row under the shared key generation after the first use.
+    for _ in 0..2 {
+        assert!(
+            b.gql_as(Some(&secret), LIST, json!({})).await["errors"].is_null(),
+            "the key works on the other server"
+        );
+    }
     // A token issued by one server is accepted by the other (the signing key is shared through the database).
     assert!(b.gql_as(Some(&a.token), LIST, json!({})).await["errors"].is_null());
     a.data("mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }", json!({ "id": id })).await;

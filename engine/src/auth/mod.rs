@@ -7,7 +7,7 @@ mod secret;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use taskorch_domain::auth::{self as rules, api_key};
@@ -15,6 +15,7 @@ use taskorch_domain::{ApiKeyId, Permission, Role, TenantId, UserId};
 
 pub use password::HashParams;
 
+use crate::cache::ReadCache;
 use crate::error::Error;
 use crate::model::{ApiKeyRecord, TenantRecord, UserRecord};
 use crate::snapshot::SnapshotCache;
@@ -141,7 +142,28 @@ struct Inner {
     touched: Mutex<HashMap<ApiKeyId, i64>>,
     /// On the embedded default: key rows kept while the database is unchanged (see `crate::snapshot`).
     snapshot: Option<Arc<SnapshotCache>>,
+    /// With a shared cache (Redis): key rows kept while the key generation is unchanged.
+    shared: Option<SharedKeys>,
 }
+
+/// Key rows kept under the shared cache's key generation.
+struct SharedKeys {
+    cache: Arc<dyn ReadCache>,
+    kept: Mutex<HashMap<String, KeptKey>>,
+}
+
+/// A key row kept under a key generation, and when it was read.
+struct KeptKey {
+    generation: String,
+    read: Instant,
+    key: KeyWithHash,
+}
+
+/// Key rows kept under a shared generation are read again after this long even when it is unchanged (a bound for
+/// the case where a revocation could not replace the generation and Redis came back without losing it).
+const KEPT_KEY_AGE: Duration = Duration::from_secs(30);
+/// Most key rows kept; the map is emptied when it is full.
+const KEPT_KEYS: usize = 10_000;
 
 pub const DEFAULT_ADMIN_EMAIL: &str = "admin@taskorch.local";
 
@@ -150,6 +172,7 @@ impl Auth {
     pub async fn init(
         store: Store,
         snapshot: Option<Arc<SnapshotCache>>,
+        shared: Option<Arc<dyn ReadCache>>,
         opts: AuthOptions,
     ) -> Result<(Self, Bootstrap), Error> {
         let secret = match opts.jwt_secret {
@@ -176,6 +199,7 @@ impl Auth {
                 refresh_ttl: opts.refresh_ttl.unwrap_or(DEFAULT_REFRESH_TTL),
                 touched: Mutex::new(HashMap::new()),
                 snapshot,
+                shared: shared.filter(|c| c.is_shared()).map(|cache| SharedKeys { cache, kept: Mutex::default() }),
             }),
         };
         let boot = auth.bootstrap(opts.admin_email, opts.admin_password).await?;
@@ -313,6 +337,9 @@ impl Auth {
     /// The key row of `prefix` as of the last commit: from the snapshot cache while the database is unchanged,
     /// else from the primary (so a revocation holds at once everywhere).
     async fn key_by_prefix(&self, prefix: &str) -> Result<Option<KeyWithHash>, Error> {
+        if let Some(shared) = &self.inner.shared {
+            return self.key_by_prefix_shared(shared, prefix).await;
+        }
         let Some(snapshot) = &self.inner.snapshot else { return self.inner.store.api_key_by_prefix(prefix).await };
         if let Some(hit) = snapshot.api_key(prefix) {
             return Ok(Some(hit));
@@ -321,6 +348,30 @@ impl Auth {
         let found = self.inner.store.api_key_by_prefix(prefix).await?;
         if let (Some(stamp), Some(key)) = (stamp, &found) {
             snapshot.put_api_key(stamp, prefix, key);
+        }
+        Ok(found)
+    }
+
+    /// The key row of `prefix`, kept while the shared key generation is the one read before the row (every
+    /// revocation replaces it before it returns); from the primary when the generation cannot be read.
+    async fn key_by_prefix_shared(&self, shared: &SharedKeys, prefix: &str) -> Result<Option<KeyWithHash>, Error> {
+        let Some(generation) = shared.cache.key_generation().await else {
+            return self.inner.store.api_key_by_prefix(prefix).await;
+        };
+        if let Ok(map) = shared.kept.lock()
+            && let Some(hit) = map.get(prefix)
+            && hit.generation == generation
+            && hit.read.elapsed() < KEPT_KEY_AGE
+        {
+            return Ok(Some(hit.key.clone()));
+        }
+        let read = Instant::now();
+        let found = self.inner.store.api_key_by_prefix(prefix).await?;
+        if let (Some(key), Ok(mut map)) = (&found, shared.kept.lock()) {
+            if map.len() >= KEPT_KEYS {
+                map.clear();
+            }
+            map.insert(prefix.to_owned(), KeptKey { generation, read, key: key.clone() });
         }
         Ok(found)
     }
@@ -411,8 +462,9 @@ impl Auth {
         self.inner.store.api_keys(actor.target_tenant(tenant)?).await
     }
 
-    /// Revokes a key of the actor's tenant (any tenant for system admins); refused at once on every server, since
-    /// keys are checked against the primary database on each request.
+    /// Revokes a key of the actor's tenant (any tenant for system admins); refused at once on every server: keys
+    /// are checked against the primary database, or against rows kept under a key generation this replaces before
+    /// it returns.
     pub async fn revoke_api_key(&self, actor: &Principal, id: ApiKeyId) -> Result<ApiKeyRecord, Error> {
         actor.require(Permission::Administer)?;
         let not_found = || Error::NotFound { what: "API key", id: id.to_string() };
@@ -421,6 +473,11 @@ impl Auth {
             return Err(not_found());
         }
         self.inner.store.revoke_api_key(id).await?;
+        if let Some(shared) = &self.inner.shared {
+            // When Redis cannot be written, servers that cannot read it either go to the database; one that kept
+            // the row and still reads the old generation reads the row again within `KEPT_KEY_AGE`.
+            shared.cache.bump_key_generation().await;
+        }
         self.inner.store.api_key(id).await?.ok_or_else(not_found)
     }
 }
