@@ -28,6 +28,7 @@ pub trait ReadCache: Send + Sync + 'static {
         None
     }
     /// Replaces the generation (after the change committed); false when that failed.
+    #[must_use]
     async fn bump_key_generation(&self) -> bool {
         true
     }

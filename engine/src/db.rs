@@ -32,6 +32,8 @@ pub struct Database {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
     pub backend: DbBackend,
+    /// Reads go to a replica that may lag behind the primary.
+    replica_reads: bool,
     statements: Arc<[AtomicU64; 2]>,
 }
 
@@ -67,7 +69,7 @@ impl Database {
                 .connect_timeout(Duration::from_secs(5))
                 .sqlx_logging(false);
             let read = SeaDatabase::connect(read_opts).await?;
-            Ok(Self::counted(pool, read, DbBackend::Postgres))
+            Ok(Self { replica_reads: pools.read_url.is_some(), ..Self::counted(pool, read, DbBackend::Postgres) })
         } else {
             Err(DbErr::Custom(format!(
                 "unsupported database URL scheme in `{}`: use sqlite:// or postgres://",
@@ -91,7 +93,12 @@ impl Database {
                 counter[pool].fetch_add(1, Ordering::Relaxed);
             });
         }
-        Self { write, read, backend, statements }
+        Self { write, read, backend, replica_reads: false, statements }
+    }
+
+    /// Whether the read pool is a replica that may lag behind the primary.
+    pub fn replica_reads(&self) -> bool {
+        self.replica_reads
     }
 
     /// SQL statements executed by this process so far on the write pool and on the read pool.

@@ -28,6 +28,10 @@ pub enum Error {
     /// Stored data that cannot be read back (a bug or a manual edit).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A change was committed but a service that must hear of it could not be reached (the message says what
+    /// holds meanwhile).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {

@@ -216,11 +216,6 @@ impl Engine {
         Ok(record)
     }
 
-    /// Whether workflow reads go through a shared read cache (Redis).
-    pub fn has_shared_cache(&self) -> bool {
-        self.inner.cache.is_shared()
-    }
-
     /// The shared read cache, when there is one (authentication keeps API key rows under its key generation).
     pub fn shared_cache(&self) -> Option<Arc<dyn ReadCache>> {
         self.inner.cache.is_shared().then(|| self.inner.cache.clone())

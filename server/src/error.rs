@@ -61,6 +61,10 @@ pub fn from_engine(err: Error) -> async_graphql::Error {
         }
         Error::Database(e) => internal(&e),
         Error::Corrupt(e) => internal(&e),
+        Error::Unavailable(m) => {
+            tracing::error!(error = %m, "a committed change could not be propagated");
+            api_error(code::INTERNAL, m)
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! nothing it read can have changed:
 //! - embedded default (`workflow`, `workflows`): the SQLite file is unchanged, i.e. the WAL-index header is the one
 //!   read *before* the earlier execution started (`taskorch_engine::snapshot`), so a hit is never older than the file;
-//! - with the shared Redis read cache (`workflow(id)` alone): the workflow's cached copy still has the sequence it had
-//!   before the earlier execution started. Every event marks that copy stale before it is published (mutations return
-//!   only after), so a hit is as fresh as the read cache's own reads.
+//! - with the shared Redis read cache (`workflow(id)` alone, and no read replica): the workflow's cached copy still
+//!   has the sequence it had before the earlier execution started. Every event marks that copy stale before it is
+//!   published (mutations return only after), so a hit is as fresh as a read of that copy; its tasks were read from
+//!   the primary no earlier than the copy.
 //!
 //! A hit skips parsing, validation and execution, but not what a caller would notice: it is rate-limited like the
 //! call it repeats (the operation classes are kept with the answer) and timed in
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, Field, OperationType};
 use async_graphql::{ServerResult, Value, Variables};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, header};
@@ -38,6 +39,8 @@ const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: usize = 32 * 1024 * 1024;
 /// Larger answers are not kept.
 const MAX_ENTRY_BYTES: usize = 256 * 1024;
+/// Requests whose document and variables are larger are not kept (their key would be kept too).
+const MAX_KEY_BYTES: usize = 4 * 1024;
 
 /// What identifies an answer besides the database state.
 #[derive(Hash, PartialEq, Eq)]
@@ -49,18 +52,31 @@ pub struct Key {
 }
 
 impl Key {
+    /// Bytes held by the key besides its fixed size.
+    fn bytes(&self) -> usize {
+        self.query.len() + self.variables.len() + self.operation.as_ref().map_or(0, String::len)
+    }
+
     /// The key of a plain request (no uploads or request extensions) by an authenticated caller.
     pub fn of(caller: &Caller, req: &async_graphql::Request) -> Option<Self> {
         let principal = caller.principal()?;
         // Mutations are never kept: no need to build their key (the plan decides for anything else).
-        if req.query.trim_start().starts_with("mutation") || !req.uploads.is_empty() || !req.extensions.is_empty() {
+        if req.query.len() > MAX_KEY_BYTES
+            || req.query.trim_start().starts_with("mutation")
+            || !req.uploads.is_empty()
+            || !req.extensions.is_empty()
+        {
+            return None;
+        }
+        let variables = serde_json::to_string(&req.variables).ok()?;
+        if req.query.len() + variables.len() > MAX_KEY_BYTES {
             return None;
         }
         Some(Self {
             caller: principal.clone(),
             query: req.query.clone(),
             operation: req.operation_name.clone(),
-            variables: serde_json::to_string(&req.variables).ok()?,
+            variables,
         })
     }
 }
@@ -82,10 +98,10 @@ impl Plan {
         let mut cacheable = true;
         let mut fields = Vec::new();
         for (_, op) in doc.operations.iter() {
-            let mut roots = Vec::new();
-            root_fields(doc, &op.node.selection_set.node, &mut Vec::new(), &mut roots);
-            cacheable &= op.node.ty == OperationType::Query && roots.iter().all(|r| CACHEABLE_ROOTS.contains(r));
-            root_field_nodes(doc, &op.node.selection_set.node, &mut Vec::new(), &mut fields);
+            let start = fields.len();
+            root_fields(doc, &op.node.selection_set.node, &mut Vec::new(), &mut fields);
+            cacheable &= op.node.ty == OperationType::Query
+                && fields[start..].iter().all(|f| CACHEABLE_ROOTS.contains(&f.name.node.as_str()));
         }
         let data: Vec<_> = fields.iter().filter(|f| f.name.node != "__typename").collect();
         let workflow = match (cacheable, doc.operations.iter().count(), data.as_slice()) {
@@ -94,30 +110,6 @@ impl Plan {
         };
         let name = crate::metrics::label(doc.operations.iter().next().and_then(|(n, _)| n.map(|n| n.as_str())));
         Self { cacheable, workflow, classes: classify(doc), name }
-    }
-}
-
-/// Root fields of a selection set, through inline fragments and fragment spreads.
-fn root_field_nodes<'a>(
-    doc: &'a ExecutableDocument,
-    set: &'a SelectionSet,
-    seen: &mut Vec<&'a str>,
-    out: &mut Vec<&'a Field>,
-) {
-    for item in &set.items {
-        match &item.node {
-            Selection::Field(f) => out.push(&f.node),
-            Selection::InlineFragment(f) => root_field_nodes(doc, &f.node.selection_set.node, seen, out),
-            Selection::FragmentSpread(s) => {
-                let name = s.node.fragment_name.node.as_str();
-                if !seen.contains(&name) {
-                    seen.push(name);
-                    if let Some(def) = doc.fragments.get(&s.node.fragment_name.node) {
-                        root_field_nodes(doc, &def.node.selection_set.node, seen, out);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -210,6 +202,8 @@ struct Entry {
     classes: Vec<OperationClass>,
     name: String,
     body: Bytes,
+    /// Bytes counted against `MAX_BYTES` (body and key).
+    size: usize,
 }
 
 #[derive(Default)]
@@ -245,7 +239,11 @@ impl ResponseCache {
     pub fn for_engine(engine: &Engine, limiter: Arc<dyn RateLimiter>, quotas: Quotas) -> Option<Self> {
         let freshness = match engine.snapshot() {
             Some(snapshot) => Freshness::File(snapshot),
-            None if engine.has_shared_cache() => Freshness::Workflow(engine.clone()),
+            // Task lists are read from the read pool: a lagging replica could pair a fresh workflow copy with old
+            // tasks, and such an answer would be kept until the workflow changes again.
+            None if engine.shared_cache().is_some() && !engine.store().database().replica_reads() => {
+                Freshness::Workflow(engine.clone())
+            }
             None => return None,
         };
         Some(Self { freshness, limiter, quotas, entries: Mutex::default() })
@@ -285,19 +283,21 @@ impl ResponseCache {
         if body.len() <= MAX_ENTRY_BYTES
             && let Ok(mut entries) = self.entries.lock()
         {
-            if entries.map.len() >= MAX_ENTRIES || entries.bytes + body.len() > MAX_BYTES {
+            if entries.map.len() >= MAX_ENTRIES || entries.bytes + body.len() + pending.key.bytes() > MAX_BYTES {
                 entries.map.clear();
                 entries.bytes = 0;
             }
-            entries.bytes += body.len();
+            let size = body.len() + pending.key.bytes();
+            entries.bytes += size;
             let entry = Entry {
                 version: version.clone(),
                 classes: plan.classes.clone(),
                 name: plan.name.clone(),
                 body: body.clone(),
+                size,
             };
             if let Some(old) = entries.map.insert(pending.key, Arc::new(entry)) {
-                entries.bytes -= old.body.len();
+                entries.bytes -= old.size;
             }
         }
         json(body)
@@ -348,6 +348,28 @@ mod tests {
         assert_eq!(plan(&two).workflow, None, "two workflows read: no single version");
         assert_eq!(plan("query($id: ID!) { workflow(id: $id) { id } workflows { edges { cursor } } }").workflow, None);
         assert_eq!(plan("query($id: ID!) { workflow(id: $id) { id } me { email } }").workflow, None);
+    }
+
+    #[test]
+    fn only_small_reads_by_an_authenticated_caller_get_a_key() {
+        use crate::auth::Credential;
+        use taskorch_domain::{Role, TenantId, UserId};
+        use taskorch_engine::auth::Subject;
+        let principal = Principal {
+            tenant: TenantId::SYSTEM,
+            role: Role::Viewer,
+            subject: Subject::User(UserId(uuid::Uuid::nil())),
+        };
+        let caller = |credential| Caller { credential, ip: None, secret: None };
+        let valid = caller(Credential::Valid(principal));
+        let read = async_graphql::Request::new("{ workflows { edges { cursor } } }");
+        assert!(Key::of(&valid, &read).is_some());
+        assert!(Key::of(&caller(Credential::Missing), &read).is_none(), "anonymous calls are never kept");
+        assert!(Key::of(&valid, &async_graphql::Request::new("mutation { x }")).is_none());
+        let padded = format!("{{ workflows {{ edges {{ cursor }} }} }} #{}", "x".repeat(MAX_KEY_BYTES));
+        assert!(Key::of(&valid, &async_graphql::Request::new(padded)).is_none(), "a padded document is not kept");
+        let big = Variables::from_json(serde_json::json!({ "pad": "x".repeat(MAX_KEY_BYTES) }));
+        assert!(Key::of(&valid, &read.variables(big)).is_none(), "nor are large variables");
     }
 
     #[test]

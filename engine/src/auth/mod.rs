@@ -161,7 +161,7 @@ struct KeptKey {
 
 /// Key rows kept under a shared generation are read again after this long even when it is unchanged (a bound for
 /// the case where a revocation could not replace the generation and Redis came back without losing it).
-const KEPT_KEY_AGE: Duration = Duration::from_secs(30);
+const KEPT_KEY_AGE: Duration = Duration::from_secs(5);
 /// Most key rows kept; the map is emptied when it is full.
 const KEPT_KEYS: usize = 10_000;
 
@@ -474,9 +474,22 @@ impl Auth {
         }
         self.inner.store.revoke_api_key(id).await?;
         if let Some(shared) = &self.inner.shared {
-            // When Redis cannot be written, servers that cannot read it either go to the database; one that kept
-            // the row and still reads the old generation reads the row again within `KEPT_KEY_AGE`.
-            shared.cache.bump_key_generation().await;
+            let mut told = false;
+            for _ in 0..3 {
+                told = shared.cache.bump_key_generation().await;
+                if told {
+                    break;
+                }
+            }
+            if !told {
+                // Servers that cannot read Redis either go to the database; one that kept the row and still reads
+                // the old generation reads the row again within `KEPT_KEY_AGE`.
+                return Err(Error::Unavailable(format!(
+                    "the API key is revoked, but Redis could not be told: servers that kept it may accept it for up \
+                     to {} s more",
+                    KEPT_KEY_AGE.as_secs()
+                )));
+            }
         }
         self.inner.store.api_key(id).await?.ok_or_else(not_found)
     }

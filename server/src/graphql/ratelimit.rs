@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
 use async_graphql::{ServerError, ServerResult, Variables};
 use taskorch_domain::ratelimit::{Decision, OperationClass, Quota, Quotas};
 use taskorch_engine::ratelimit::RateLimiter;
@@ -20,16 +20,16 @@ const LIST_FIELDS: [&str; 4] = ["workflows", "users", "apiKeys", "tenants"];
 /// Root fields open to anyone, limited per client address.
 const LOGIN_FIELDS: [&str; 2] = ["login", "refreshToken"];
 
-/// Root field names of a selection set, through inline fragments and fragment spreads.
+/// Root fields of a selection set, through inline fragments and fragment spreads.
 pub fn root_fields<'a>(
     doc: &'a ExecutableDocument,
     set: &'a SelectionSet,
     seen: &mut Vec<&'a str>,
-    out: &mut Vec<&'a str>,
+    out: &mut Vec<&'a Field>,
 ) {
     for item in &set.items {
         match &item.node {
-            Selection::Field(f) => out.push(f.node.name.node.as_str()),
+            Selection::Field(f) => out.push(&f.node),
             Selection::InlineFragment(f) => root_fields(doc, &f.node.selection_set.node, seen, out),
             Selection::FragmentSpread(s) => {
                 let name = s.node.fragment_name.node.as_str();
@@ -45,12 +45,18 @@ pub fn root_fields<'a>(
     }
 }
 
+/// The names of an operation's root fields.
+pub fn root_names<'a>(doc: &'a ExecutableDocument, set: &'a SelectionSet) -> Vec<&'a str> {
+    let mut fields = Vec::new();
+    root_fields(doc, set, &mut Vec::new(), &mut fields);
+    fields.into_iter().map(|f| f.name.node.as_str()).collect()
+}
+
 /// The classes of a document's operations; a document holding several operations is charged for each.
 pub fn classify(doc: &ExecutableDocument) -> Vec<OperationClass> {
     let mut classes = Vec::new();
     for (_, op) in doc.operations.iter() {
-        let mut roots = Vec::new();
-        root_fields(doc, &op.node.selection_set.node, &mut Vec::new(), &mut roots);
+        let roots = root_names(doc, &op.node.selection_set.node);
         let class = match op.node.ty {
             OperationType::Subscription => OperationClass::Subscribe,
             OperationType::Mutation if !roots.is_empty() && roots.iter().all(|r| LOGIN_FIELDS.contains(r)) => {
