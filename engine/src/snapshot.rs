@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use taskorch_domain::WorkflowId;
 
@@ -28,6 +28,8 @@ const CAPACITY: usize = 10_000;
 /// See the module documentation.
 pub struct SnapshotCache {
     shm: PathBuf,
+    /// The `-shm` file as last opened.
+    file: RwLock<Option<Arc<File>>>,
     workflows: Mutex<HashMap<WorkflowId, (Stamp, WorkflowRecord)>>,
     tasks: Mutex<HashMap<WorkflowId, (Stamp, Vec<TaskRecord>)>>,
     /// API keys by prefix: a revocation is a commit, so a key is checked against its row as of the last commit.
@@ -44,6 +46,7 @@ impl SnapshotCache {
         }
         Some(Self {
             shm: PathBuf::from(format!("{path}-shm")),
+            file: RwLock::default(),
             workflows: Mutex::default(),
             tasks: Mutex::default(),
             keys: Mutex::default(),
@@ -51,10 +54,21 @@ impl SnapshotCache {
     }
 
     /// The current header, or `None` when it cannot be trusted (no `-shm`, or a header being written). The file is
-    /// opened on every call: SQLite may delete and recreate it when every connection to the database closes.
+    /// kept open between calls, but SQLite deletes it when the last connection to the database closes and a later
+    /// one creates a new one: a header read from a file that has no name any more (its link count, read *after*
+    /// the header, is 0) is discarded and the path opened again. A file deleted after that check was still the
+    /// live one when its header was read.
     pub fn stamp(&self) -> Option<Stamp> {
         let mut buf = [0u8; 2 * HEADER];
-        File::open(&self.shm).ok()?.read_exact_at(&mut buf, 0).ok()?;
+        let kept = self.file.read().ok().and_then(|f| f.clone());
+        let live = kept.filter(|f| f.read_exact_at(&mut buf, 0).is_ok() && f.metadata().is_ok_and(|m| m.nlink() > 0));
+        if live.is_none() {
+            let file = Arc::new(File::open(&self.shm).ok()?);
+            file.read_exact_at(&mut buf, 0).ok()?;
+            if let Ok(mut slot) = self.file.write() {
+                *slot = Some(file);
+            }
+        }
         let (a, b) = buf.split_at(HEADER);
         let mut s = [0u8; HEADER];
         s.copy_from_slice(a);
@@ -150,6 +164,19 @@ mod tests {
         header[3] = 8;
         std::fs::write(dir.join("t.db-shm"), &header).expect("write");
         assert_ne!(cache.stamp(), Some(first), "a commit changes the stamp");
+        let second = cache.stamp().expect("written in place");
+        // SQLite deletes the file when the last connection closes, and the next one creates another.
+        std::fs::remove_file(dir.join("t.db-shm")).expect("delete");
+        assert_eq!(cache.stamp(), None, "a deleted file is no stamp, though it is still open");
+        header[0] = 9;
+        header[HEADER] = 9;
+        std::fs::write(dir.join("t.db-shm"), &header).expect("recreate");
+        let third = cache.stamp().expect("the new file is read");
+        assert_ne!(third, second, "the new file's header, not the deleted one's");
+        header[5] = 1;
+        header[HEADER + 5] = 1;
+        std::fs::write(dir.join("t.db-shm"), &header).expect("write in place");
+        assert_ne!(cache.stamp(), Some(third), "writes to the reopened file are seen");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
