@@ -4,9 +4,9 @@
 //! - embedded default (`workflow`, `workflows`): the SQLite file is unchanged, i.e. the WAL-index header is the one
 //!   read *before* the earlier execution started (`taskorch_engine::snapshot`), so a hit is never older than the file;
 //! - with the shared Redis read cache (`workflow(id)` alone, and no read replica): the workflow's cached copy still
-//!   has the sequence it had before the earlier execution started. Every event marks that copy stale before it is
-//!   published (mutations return only after), so a hit is as fresh as a read of that copy; its tasks were read from
-//!   the primary no earlier than the copy.
+//!   has the sequence of the record the earlier execution read first (its resolver reports it: [`PlanSlot::read`];
+//!   the tasks are read from the primary after it). Every event marks that copy stale before it is published
+//!   (mutations return only after), so a hit is as fresh as a read of that copy.
 //!
 //! A hit skips parsing, validation and execution, but not what a caller would notice: it is rate-limited like the
 //! call it repeats (the operation classes are kept with the answer) and timed in
@@ -139,15 +139,22 @@ enum Version {
 }
 
 impl Freshness {
-    /// The current version of what `plan`'s answer reads; `None` when it is not to be kept.
-    async fn version(&self, plan: &Plan) -> Option<Version> {
+    /// The version of what `plan`'s answer will read, read before any resolver runs; `None` when it is not to be
+    /// kept or (shared cache) when the resolver reports it.
+    fn version_before(&self, plan: &Plan) -> Option<Version> {
         match self {
             Self::File(snapshot) if plan.cacheable => snapshot.stamp().map(Version::File),
-            Self::Workflow(engine) => {
-                let id = plan.workflow?;
-                engine.cached_sequence(id).await.map(|seq| Version::Workflow(id, seq))
-            }
-            Self::File(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The version of an executed answer: the one read before, or (shared cache) the single workflow record its
+    /// resolver read, when that is the workflow the plan names.
+    fn version_after(&self, plan: &Plan, before: Option<&Version>, read: &[(WorkflowId, i64)]) -> Option<Version> {
+        match (self, read) {
+            (Self::File(_), _) => before.cloned(),
+            (Self::Workflow(_), [(id, seq)]) if plan.workflow == Some(*id) => Some(Version::Workflow(*id, *seq)),
+            (Self::Workflow(_), _) => None,
         }
     }
 
@@ -166,10 +173,24 @@ impl Freshness {
 pub struct PlanSlot {
     freshness: Freshness,
     out: Arc<OnceLock<(Plan, Option<Version>)>>,
+    /// Workflow records the resolvers read, with their sequence.
+    reads: Arc<Mutex<Vec<(WorkflowId, i64)>>>,
 }
 
-/// Writes the plan of a request carrying a [`PlanSlot`] once its document is parsed, with the version of what it
-/// will read (read here, before any resolver runs).
+impl PlanSlot {
+    /// Reports a workflow record a resolver read (its first read of the workflow's state; anything it reads for
+    /// the answer afterwards is no older).
+    pub fn read(&self, id: WorkflowId, last_sequence: i64) {
+        if let Ok(mut reads) = self.reads.lock()
+            && !reads.contains(&(id, last_sequence))
+        {
+            reads.push((id, last_sequence));
+        }
+    }
+}
+
+/// Writes the plan of a request carrying a [`PlanSlot`] once its document is parsed, with the SQLite file's version
+/// (read here, before any resolver runs).
 pub struct PlanExtension;
 
 impl ExtensionFactory for PlanExtension {
@@ -190,7 +211,7 @@ impl Extension for PlanExtension {
         let doc = next.run(ctx, query, variables).await?;
         if let Some(slot) = ctx.data_opt::<PlanSlot>() {
             let plan = Plan::of(&doc, variables);
-            let version = slot.freshness.version(&plan).await;
+            let version = slot.freshness.version_before(&plan);
             let _ = slot.out.set((plan, version));
         }
         Ok(doc)
@@ -259,7 +280,7 @@ impl ResponseCache {
             None => false,
         };
         let (Some(entry), true) = (kept, fresh) else {
-            let slot = PlanSlot { freshness: self.freshness.clone(), out: Arc::default() };
+            let slot = PlanSlot { freshness: self.freshness.clone(), out: Arc::default(), reads: Arc::default() };
             return Lookup::Miss(Pending { key, slot });
         };
         if let Err(refused) = ratelimit::charge(self.limiter.as_ref(), &self.quotas, &entry.classes, caller).await {
@@ -275,7 +296,11 @@ impl ResponseCache {
     /// response either way.
     pub fn keep(&self, pending: Pending, resp: async_graphql::Response) -> Response {
         let keepable = resp.is_ok() && resp.http_headers.is_empty() && resp.cache_control.value().is_none();
-        let Some((plan, Some(version))) = pending.slot.out.get().filter(|_| keepable) else {
+        let Some((plan, before)) = pending.slot.out.get().filter(|_| keepable) else {
+            return crate::app::respond_single(resp);
+        };
+        let reads = pending.slot.reads.lock().map(|r| r.clone()).unwrap_or_default();
+        let Some(version) = pending.slot.freshness.version_after(plan, before.as_ref(), &reads) else {
             return crate::app::respond_single(resp);
         };
         let Ok(body) = serde_json::to_vec(&resp) else { return crate::app::respond_single(resp) };
@@ -289,13 +314,8 @@ impl ResponseCache {
             }
             let size = body.len() + pending.key.bytes();
             entries.bytes += size;
-            let entry = Entry {
-                version: version.clone(),
-                classes: plan.classes.clone(),
-                name: plan.name.clone(),
-                body: body.clone(),
-                size,
-            };
+            let entry =
+                Entry { version, classes: plan.classes.clone(), name: plan.name.clone(), body: body.clone(), size };
             if let Some(old) = entries.map.insert(pending.key, Arc::new(entry)) {
                 entries.bytes -= old.size;
             }

@@ -24,7 +24,13 @@ impl WorkflowQuery {
         let id = parse_workflow_id(&id)?;
         let tenant = principal(ctx)?.tenant;
         match ctx.data::<Engine>()?.workflow_of(tenant, id).await.map_err(from_engine)? {
-            Some(w) => Ok(Some(Workflow(w))),
+            Some(w) => {
+                // The version of a kept answer (`crate::hot`), when the request may keep one.
+                if let Some(slot) = ctx.data_opt::<crate::hot::PlanSlot>() {
+                    slot.read(w.id, w.last_sequence);
+                }
+                Ok(Some(Workflow(w)))
+            }
             None => Err(from_engine(taskorch_engine::Error::NotFound { what: "workflow", id: id.to_string() })),
         }
     }
