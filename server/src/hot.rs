@@ -127,11 +127,12 @@ fn workflow_arg(field: &Field, variables: &Variables) -> Option<WorkflowId> {
 pub enum Freshness {
     /// The SQLite file's WAL-index header (embedded default).
     File(Arc<SnapshotCache>),
-    /// The workflow's copy in the shared read cache (production stack with Redis).
+    /// The workflow's copy in the shared read cache (production stack with Redis, no read replica).
     Workflow(Engine),
 }
 
-/// The state an answer was computed from, read before its execution.
+/// The state an answer was computed from: the file's header read before its execution, or the sequence of the
+/// workflow record its execution read first.
 #[derive(Clone, Debug, PartialEq)]
 enum Version {
     File(Stamp),
