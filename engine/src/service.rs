@@ -330,6 +330,12 @@ impl Engine {
         self.inner.store.undispatch(ids).await
     }
 
+    /// Reads delivered run-phase tasks for a worker to run before their claim is written (see [`Store::peek`]):
+    /// the claim goes with the outcome, or through [`Engine::claim`] if the attempt runs long.
+    pub async fn peek(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
+        self.inner.store.peek(batch).await
+    }
+
     /// Claims delivered tasks (fenced); publishes TASK_STARTED.
     pub async fn claim(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
         let (claimed, events) = self.inner.store.claim(batch, self.inner.opts.lease.as_micros() as i64).await?;

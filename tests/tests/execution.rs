@@ -221,6 +221,50 @@ async fn an_attempt_past_its_timeout_fails_promptly() {
 }
 
 #[tokio::test]
+async fn a_long_attempt_is_seen_running_while_it_runs_and_a_short_one_records_its_start_with_its_end() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({ "name": "long", "tasks": [
+            { "key": "quick", "kind": "noop" },
+            { "key": "long", "kind": "sleep", "payload": { "ms": 1500 } }
+        ] }))
+        .await;
+    let mut events = server
+        .subscribe(
+            "subscription($id: ID!) { workflowEvents(workflowId: $id, afterSequence: 0) { type taskKey at } }",
+            json!({ "id": id }),
+        )
+        .await;
+    // The long attempt's claim is written soon after it starts (TASKORCH_CLAIM_AFTER_MS), long before it ends.
+    let started = loop {
+        let event = tokio::time::timeout(MINUTE, events.next()).await.expect("events").expect("event");
+        let e = &event["workflowEvents"];
+        if e["type"] == "TASK_STARTED" && e["taskKey"] == "long" {
+            break parse_ms(e["at"].as_str().unwrap());
+        }
+    };
+    let wf = server.workflow(&id).await;
+    let long = wf["tasks"].as_array().unwrap().iter().find(|t| t["key"] == "long").unwrap();
+    assert_eq!(long["status"], "RUNNING", "{wf}");
+    assert!(long["startedAt"].is_string());
+    let all = server.wait_finished(&id, MINUTE).await;
+    let of = |key: &str| -> Vec<String> {
+        all.iter().filter(|e| e["taskKey"] == key).map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(of("quick"), ["TASK_QUEUED", "TASK_STARTED", "TASK_COMPLETED"]);
+    assert_eq!(of("long"), ["TASK_QUEUED", "TASK_STARTED", "TASK_COMPLETED"]);
+    let done = all.iter().find(|e| e["type"] == "TASK_COMPLETED" && e["taskKey"] == "long").unwrap();
+    let ran = parse_ms(done["at"].as_str().unwrap()) - started;
+    assert!(ran > 1000.0, "TASK_STARTED only {ran} ms before the end of a 1.5 s attempt");
+    let wf = server.workflow(&id).await;
+    assert_eq!(wf["status"], "COMPLETED");
+    for t in wf["tasks"].as_array().unwrap() {
+        let (start, end) = (parse_ms(t["startedAt"].as_str().unwrap()), parse_ms(t["finishedAt"].as_str().unwrap()));
+        assert!(start <= end, "{t}");
+    }
+}
+
+#[tokio::test]
 async fn a_high_priority_task_overtakes_the_backlog() {
     let server = Server::start_with(ServerOptions {
         worker: true,

@@ -71,6 +71,11 @@ pub struct Config {
     /// fence). Defaults to the lease: a claim within it leaves the row's indexed columns as they are.
     #[arg(long, env = "TASKORCH_REDELIVER_AFTER_MS")]
     pub redeliver_after_ms: Option<u64>,
+    /// An attempt still running after this long has its claim written (RUNNING, TASK_STARTED); one that ends
+    /// sooner is recorded with its claim and outcome in one write. 0 claims every attempt before it runs. At most a
+    /// quarter of the redelivery delay (until its claim, the dispatch's visibility holds the task).
+    #[arg(long, env = "TASKORCH_CLAIM_AFTER_MS", default_value_t = 50)]
+    pub claim_after_ms: u64,
     /// On SIGTERM, how long in-flight attempts may take before they are released.
     #[arg(long, env = "TASKORCH_GRACE_MS", default_value_t = 10_000)]
     pub grace_ms: u64,
@@ -99,6 +104,9 @@ impl Config {
             kinds: self.kinds.clone(),
             grace: Duration::from_millis(self.grace_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms.unwrap_or(self.lease_ms / 3).max(10)),
+            claim_after: Duration::from_millis(
+                self.claim_after_ms.min(self.redeliver_after_ms.unwrap_or(self.lease_ms) / 4),
+            ),
         }
     }
 
@@ -139,5 +147,22 @@ mod tests {
         assert_eq!(broker.redeliver_after, Duration::from_millis(5000));
         let set = options(&["--lease-ms", "5000", "--redeliver-after-ms", "1000"]);
         assert_eq!(set.redeliver_after, Duration::from_millis(1000));
+    }
+
+    fn worker(args: &[&str]) -> WorkerOptions {
+        let mut argv = vec!["taskorch-worker"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("valid arguments").worker_options()
+    }
+
+    #[test]
+    fn a_deferred_claim_is_written_well_before_the_dispatch_could_be_delivered_again() {
+        assert_eq!(worker(&[]).claim_after, Duration::from_millis(50));
+        assert_eq!(worker(&["--claim-after-ms", "0"]).claim_after, Duration::ZERO);
+        assert_eq!(worker(&["--lease-ms", "100"]).claim_after, Duration::from_millis(25));
+        assert_eq!(
+            worker(&["--redeliver-after-ms", "120", "--claim-after-ms", "500"]).claim_after,
+            Duration::from_millis(30)
+        );
     }
 }

@@ -33,6 +33,10 @@ pub struct Claimed {
     pub queue_wait_us: i64,
     /// Whether other tasks depend on it (its completion may make some ready: run phase).
     pub has_dependents: bool,
+    /// Read by [`Store::peek`], not claimed yet: the claim is written with the attempt's outcome (its
+    /// [`Outcome::started_at`]), or by [`Store::claim`] if the attempt runs long. `attempt` is the one the claim
+    /// will record.
+    pub deferred: bool,
 }
 
 /// How an attempt ended.
@@ -51,6 +55,9 @@ pub struct Outcome {
     pub phase: Phase,
     pub attempt: i32,
     pub kind: OutcomeKind,
+    /// When the attempt started (µs), for an attempt whose claim was deferred (see [`Claimed::deferred`]): the
+    /// report records the claim and the outcome together. `None` for a claimed attempt.
+    pub started_at: Option<i64>,
 }
 
 /// What a batch of reports changed.
@@ -81,7 +88,7 @@ pub struct Continuation {
     pub kinds: Vec<String>,
 }
 
-const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
+pub(super) const RUN_STATUSES: &str = "('QUEUED', 'RETRYING')";
 /// Statuses of tasks that wait for a worker (run, retry or compensation).
 const DISPATCHABLE: &str = "('QUEUED', 'RETRYING', 'COMPENSATING')";
 /// A claim keeps the dispatch's `dispatched_until` when it is no later than the new lease (the reaper then sees the
@@ -106,7 +113,7 @@ fn run_claim_values(lease_until: i64, now: i64) -> Vec<Value> {
     vec![lease_until.into(), now.into(), lease_until.into(), lease_until.into()]
 }
 /// Tasks are claimed only while their workflow runs.
-const WORKFLOW_RUNNING: &str =
+pub(super) const WORKFLOW_RUNNING: &str =
     "EXISTS (SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING')";
 /// What a run-phase claim returns, by index: key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on,
 /// available_at, whether it has dependents.
@@ -244,6 +251,87 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Reads what the run-phase dispatches of `batch` need to run, without claiming them (compensation dispatches
+    /// are left out: they are claimed). A worker runs a peeked attempt at once and records its claim with its
+    /// outcome — a short attempt then costs one row version and one transaction, not two — or claims it with
+    /// [`Store::claim`] if it runs long. Until then the dispatch's visibility stands in for the lease. Dispatches
+    /// whose row moved on (claimed, cancelled, workflow not running) or whose fence is stale are left out, and a
+    /// task delivered twice in the batch is read once. Inputs are filled.
+    pub async fn peek(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
+        let now = now_us();
+        let runs: Vec<&Dispatch> = batch.iter().filter(|d| d.phase == Phase::Run).collect();
+        let mut out = Vec::with_capacity(runs.len());
+        let mut seen = std::collections::HashSet::with_capacity(runs.len());
+        for chunk in runs.chunks(500) {
+            let (filter, values): (String, Vec<Value>) = if self.db.backend == DbBackend::Postgres {
+                (
+                    "task.id = ANY(?::uuid[])".into(),
+                    vec![super::bulk::uuid_array(chunk.iter().map(|d| d.task_id.0)).into()],
+                )
+            } else {
+                (
+                    format!("task.id IN ({})", placeholders(chunk.len())),
+                    chunk.iter().map(|d| d.task_id.0.into()).collect(),
+                )
+            };
+            // From the primary (a replica may not have the task yet); SQLite's readers see every commit and leave
+            // its one writer free.
+            let conn = if self.db.backend == DbBackend::Sqlite { &self.db.read } else { &self.db.write };
+            let rows = conn
+                .query_all_raw(self.db.stmt(
+                    &format!(
+                        "SELECT {RUN_CLAIM_COLUMNS}, task.id FROM task WHERE {filter} AND task.status IN {RUN_STATUSES} \
+                         AND task.lease_until IS NULL AND {WORKFLOW_RUNNING}"
+                    ),
+                    values,
+                ))
+                .await?;
+            let mut by_id = HashMap::with_capacity(rows.len());
+            for row in rows {
+                by_id.insert(row.try_get_by_index::<Uuid>(9)?, row);
+            }
+            for d in chunk {
+                let Some(row) = by_id.get(&d.task_id.0) else { continue };
+                let mut c = run_claimed(row, d.task_id, d.workflow_id, now)?;
+                if c.attempt != d.fence || !seen.insert(d.task_id) {
+                    continue;
+                }
+                c.attempt += 1;
+                c.deferred = true;
+                out.push(c);
+            }
+        }
+        self.fill_inputs(&mut out, &HashMap::new()).await?;
+        Ok(out)
+    }
+
+    /// Records, in the reporting transaction `txn`, the claim of a peeked attempt that started at `started_at` and
+    /// ended with something other than a completion on PostgreSQL (those are one statement with their claim,
+    /// see `complete_many`): `Some` with the claim's TASK_STARTED once written, `None` if the row moved on.
+    pub(crate) async fn claim_deferred(
+        &self,
+        txn: &DatabaseTransaction,
+        o: &Outcome,
+        started_at: i64,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Option<(Uuid, NewEvent)>, Error> {
+        let row = txn
+            .query_one_raw(
+                self.db.stmt(
+                    &format!(
+                        "UPDATE task SET {RUN_CLAIM_SET} WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} \
+                     AND lease_until IS NULL AND {WORKFLOW_RUNNING} RETURNING task.workflow_id, task.key"
+                    ),
+                    [run_claim_values(now + lease_us, started_at), vec![o.task_id.0.into(), (o.attempt - 1).into()]]
+                        .concat(),
+                ),
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((row.try_get_by_index(0)?, started(row.try_get_by_index(1)?, o.attempt))))
     }
 
     /// Claims dispatched tasks with fenced conditional updates, in one transaction. A duplicate or stale message
@@ -522,6 +610,7 @@ impl Store {
                 phase: if compensate { Phase::Compensate } else { Phase::Run },
                 attempt: if compensate { row.try_get_by_index(3)? } else { row.try_get_by_index(2)? },
                 kind: OutcomeKind::Failed("worker lost: the attempt's lease expired".to_owned()),
+                started_at: None,
             });
         }
         Ok(out)
@@ -545,6 +634,7 @@ fn run_claimed(row: &QueryResult, task_id: TaskId, workflow_id: WorkflowId, now:
         timeout_ms: row.try_get_by_index(5)?,
         queue_wait_us: (now - row.try_get_by_index::<i64>(7)?).max(0),
         has_dependents: row.try_get_by_index(8)?,
+        deferred: false,
     })
 }
 
@@ -571,10 +661,16 @@ fn compensation_claimed(row: &QueryResult, d: &Dispatch) -> Result<Claimed, Erro
         timeout_ms: row.try_get_by_index(5)?,
         queue_wait_us: 0,
         has_dependents: false,
+        deferred: false,
     })
 }
 
 /// TASK_STARTED of a claimed run attempt.
 pub(crate) fn started_event(c: &Claimed) -> NewEvent {
-    NewEvent::task(EventType::TaskStarted, c.key.clone()).with_data(serde_json::json!({ "attempt": c.attempt }))
+    started(c.key.clone(), c.attempt)
+}
+
+/// TASK_STARTED of attempt `attempt` of task `key`.
+pub(crate) fn started(key: String, attempt: i32) -> NewEvent {
+    NewEvent::task(EventType::TaskStarted, key).with_data(serde_json::json!({ "attempt": attempt }))
 }

@@ -8,7 +8,7 @@ use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
 use uuid::Uuid;
 
-use super::exec::{Continuation, Outcome, OutcomeKind, Report, started_event};
+use super::exec::{Continuation, Outcome, OutcomeKind, Report, started, started_event};
 use super::{Store, keys_in_order};
 use crate::db::placeholders;
 use crate::error::Error;
@@ -32,17 +32,21 @@ impl Store {
         let now = now_us();
         let txn = self.db.write.begin().await?;
         let mut report = Report::default();
-        // On PostgreSQL the batch's completions are one statement; elsewhere (and for every other outcome) one
-        // fenced update each.
+        // On PostgreSQL the batch's completions are one statement (and those of peeked attempts another, with their
+        // claims); elsewhere (and for every other outcome) one fenced update each.
         let outcomes = if self.db.backend == DbBackend::Postgres {
             let (completions, rest): (Vec<Outcome>, Vec<Outcome>) = outcomes
                 .into_iter()
                 .partition(|o| o.phase == Phase::Run && matches!(o.kind, OutcomeKind::Completed(_)));
-            self.complete_many(&txn, completions, now, &mut report).await?;
+            let (peeked, claimed): (Vec<Outcome>, Vec<Outcome>) =
+                completions.into_iter().partition(|o| o.started_at.is_some());
+            self.complete_many(&txn, claimed, now, &mut report).await?;
+            self.complete_many(&txn, peeked, now, &mut report).await?;
             rest
         } else {
             outcomes
         };
+        let outcomes = self.claim_peeked(&txn, outcomes, now, lease_us, &mut report).await?;
         for o in outcomes {
             let done = match (o.phase, o.kind) {
                 (Phase::Run, OutcomeKind::Completed(result)) => {
@@ -93,6 +97,43 @@ impl Store {
         Ok(report)
     }
 
+    /// The claims of the peeked attempts among `outcomes` (see [`Store::peek`]), written before their outcomes in
+    /// the same transaction; returns the outcomes to record as those of claimed attempts. A released peeked
+    /// attempt was never recorded: its task is only made due again. One whose row moved on is stale.
+    async fn claim_peeked(
+        &self,
+        txn: &DatabaseTransaction,
+        outcomes: Vec<Outcome>,
+        now: i64,
+        lease_us: i64,
+        report: &mut Report,
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut out = Vec::with_capacity(outcomes.len());
+        for mut o in outcomes {
+            let Some(started_at) = o.started_at.take() else {
+                out.push(o);
+                continue;
+            };
+            if o.kind == OutcomeKind::Released {
+                txn.execute_raw(self.db.stmt(
+                    "UPDATE task SET dispatched_until = 0 WHERE id = ? AND attempts = ? AND lease_until IS NULL \
+                     AND status IN ('QUEUED', 'RETRYING')",
+                    vec![o.task_id.0.into(), (o.attempt - 1).into()],
+                ))
+                .await?;
+                continue;
+            }
+            match self.claim_deferred(txn, &o, started_at, now, lease_us).await? {
+                Some((wf, started)) => {
+                    report.pending.extend(wf, [started]);
+                    out.push(o);
+                }
+                None => report.stale += 1,
+            }
+        }
+        Ok(out)
+    }
+
     async fn complete(
         &self,
         txn: &DatabaseTransaction,
@@ -119,6 +160,8 @@ impl Store {
 
     /// Completions as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL); stale ones are counted. Of two
     /// outcomes of one task, the one of the attempt that holds it completes it (the first, if both are).
+    /// Completions of peeked attempts (all with `started_at`, or none) are written with their claims: one row
+    /// version, TASK_STARTED and TASK_COMPLETED.
     async fn complete_many(
         &self,
         txn: &DatabaseTransaction,
@@ -129,10 +172,12 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let (mut tasks, mut attempts, mut results) = (Vec::new(), Vec::new(), Vec::new());
+        let peeked = outcomes[0].started_at.is_some();
+        let (mut tasks, mut attempts, mut results, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for o in outcomes {
             tasks.push(o.task_id.0);
             attempts.push(o.attempt);
+            starts.push(o.started_at.unwrap_or(now));
             results.push(match o.kind {
                 OutcomeKind::Completed(result) => result,
                 _ => Json::Null,
@@ -144,23 +189,38 @@ impl Store {
             id: Uuid,
             attempt: i32,
             idx: usize,
+            started: i64,
             // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
             #[serde(skip_serializing_if = "Json::is_null")]
             result: &'a Json,
         }
         let rows: Vec<Row<'_>> = (0..tasks.len())
-            .map(|idx| Row { id: tasks[idx], attempt: attempts[idx], idx, result: &results[idx] })
+            .map(|idx| Row { id: tasks[idx], attempt: attempts[idx], idx, started: starts[idx], result: &results[idx] })
             .collect();
         let rows = serde_json::to_string(&rows).map_err(Error::corrupt)?;
-        let sql = "UPDATE task SET status = 'COMPLETED', result = v.result, error = NULL, lease_until = NULL, \
-                     dispatched_until = -1, finished_at = ? \
-                   FROM (SELECT DISTINCT ON (id, attempt) id, attempt, result, idx FROM json_to_recordset(?::json) \
-                     AS r(id uuid, attempt int, result json, idx int) ORDER BY id, attempt, idx) AS v \
-                   WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND task.attempts = v.attempt \
-                     AND task.status = 'RUNNING' \
-                   RETURNING task.workflow_id, task.key, task.dependents, v.idx";
+        // A peeked attempt's row is still waiting (its attempt is the next one); a claimed one's is running.
+        let (claim, held) = if peeked {
+            (
+                "attempts = task.attempts + 1, started_at = v.started,",
+                format!(
+                    "task.attempts = v.attempt - 1 AND task.status IN {} AND task.lease_until IS NULL AND {}",
+                    super::exec::RUN_STATUSES,
+                    super::exec::WORKFLOW_RUNNING
+                ),
+            )
+        } else {
+            ("", "task.attempts = v.attempt AND task.status = 'RUNNING'".to_owned())
+        };
+        let sql = format!(
+            "UPDATE task SET status = 'COMPLETED', {claim} result = v.result, error = NULL, lease_until = NULL, \
+               dispatched_until = -1, finished_at = ? \
+             FROM (SELECT DISTINCT ON (id, attempt) id, attempt, started, result, idx FROM json_to_recordset(?::json) \
+               AS r(id uuid, attempt int, started bigint, result json, idx int) ORDER BY id, attempt, idx) AS v \
+             WHERE task.id = ANY(?::uuid[]) AND task.id = v.id AND {held} \
+             RETURNING task.workflow_id, task.key, task.dependents, v.idx"
+        );
         let values = vec![now.into(), rows.into(), super::bulk::uuid_array(tasks.iter().copied()).into()];
-        let rows = txn.query_all_raw(self.db.stmt(sql, values)).await?;
+        let rows = txn.query_all_raw(self.db.stmt(&sql, values)).await?;
         report.stale += attempts.len() - rows.len();
         // In the order the outcomes were reported (RETURNING has no order of its own).
         let mut done = rows
@@ -172,6 +232,9 @@ impl Store {
             let i = usize::try_from(idx).ok().filter(|i| *i < attempts.len());
             let i = i.ok_or_else(|| Error::corrupt("completion index"))?;
             let result = results.get_mut(i).map(std::mem::take).unwrap_or_default();
+            if peeked {
+                report.pending.extend(row.try_get_by_index(0)?, [started(row.try_get_by_index(1)?, attempts[i])]);
+            }
             self.completed(txn, &row, attempts[i], result, now, report).await?;
         }
         Ok(())

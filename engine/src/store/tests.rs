@@ -138,6 +138,7 @@ async fn completing_a_task_continues_its_ready_dependent_with_the_reported_resul
         phase: Phase::Run,
         attempt: a.attempt,
         kind: OutcomeKind::Completed(json!({ "n": 7 })),
+        started_at: None,
     };
     let cont = Continuation { max: 4, kinds: vec!["noop".into()] };
     let report = store.report(vec![outcome], &mut || 0.5, &cont, LEASE_US).await.expect("report");
@@ -170,6 +171,7 @@ async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_
         timeout_ms: None,
         queue_wait_us: 0,
         has_dependents: false,
+        deferred: false,
     };
     // Without the result at hand, the dependency's row is read (`a` has not run: its result is null).
     let mut read = [b_of(json!(["a"]))];
@@ -302,16 +304,26 @@ async fn finished_tasks_and_tasks_waiting_for_dependencies_are_in_no_queue() {
     assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::DUE);
     assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::IN_NO_QUEUE);
     let a = claim_root(&store).await;
-    let done =
-        Outcome { task_id: a.task_id, phase: Phase::Run, attempt: a.attempt, kind: OutcomeKind::Completed(json!(1)) };
+    let done = Outcome {
+        task_id: a.task_id,
+        phase: Phase::Run,
+        attempt: a.attempt,
+        kind: OutcomeKind::Completed(json!(1)),
+        started_at: None,
+    };
     let report = store.report(vec![done], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
     assert_eq!(report.made_ready, 1);
     assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::IN_NO_QUEUE, "completed");
     assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::DUE, "made ready");
     let b = claim_root(&store).await;
     assert_eq!(b.key, "b");
-    let failed =
-        Outcome { task_id: b.task_id, phase: Phase::Run, attempt: b.attempt, kind: OutcomeKind::Failed("no".into()) };
+    let failed = Outcome {
+        task_id: b.task_id,
+        phase: Phase::Run,
+        attempt: b.attempt,
+        kind: OutcomeKind::Failed("no".into()),
+        started_at: None,
+    };
     store.report(vec![failed], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
     let row = task_row(&store, wf, "b").await;
     assert_eq!(row.status, "RETRYING");
@@ -344,6 +356,7 @@ async fn a_batch_claims_each_fresh_dispatch_once_in_its_order_and_completes_with
         phase: Phase::Run,
         attempt,
         kind: OutcomeKind::Completed(result),
+        started_at: None,
     };
     let (c, a) = (&claimed[0], &claimed[1]);
     let outcomes = vec![done(c, 1, json!({ "z": 1, "a": [2] })), done(a, 7, json!("stale")), done(a, 1, json!(null))];
@@ -410,4 +423,112 @@ async fn migration_8_gives_existing_rows_their_queue_position_and_leased_rows_th
     let expired = store.expired_leases(10).await.expect("scan");
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].task_id.0, task_row(&store, wf, "running").await.id);
+}
+
+/// The outcome of a peeked attempt that started at `started_at`.
+fn peeked(c: &Claimed, kind: OutcomeKind, started_at: i64) -> Outcome {
+    Outcome { task_id: c.task_id, phase: Phase::Run, attempt: c.attempt, kind, started_at: Some(started_at) }
+}
+
+/// Event types and task keys of a workflow, in sequence order, after its first `skip` events.
+async fn events_after(store: &Store, wf: uuid::Uuid, skip: i64) -> Vec<(taskorch_domain::EventType, Option<String>)> {
+    let events = store.events(taskorch_domain::WorkflowId(wf), skip, 100).await.expect("events");
+    events.into_iter().map(|e| (e.event_type, e.task_key)).collect()
+}
+
+#[tokio::test]
+async fn a_peeked_attempt_writes_nothing_until_its_outcome_records_claim_and_completion_together() {
+    use taskorch_domain::EventType::{TaskCompleted, TaskQueued, TaskStarted};
+    let (store, _fixture) = store().await;
+    let tasks = vec![TaskSpec::new("a", "noop"), TaskSpec::new("b", "noop").after(&["a"]), TaskSpec::new("c", "noop")];
+    let (wf, _) = submit(&store, tasks, None).await;
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    let a_id = task_row(&store, wf, "a").await.id;
+    let a_due = due.iter().find(|d| d.task_id.0 == a_id).expect("a dispatched").clone();
+    let c_due = due.iter().find(|d| d.task_id.0 != a_id).expect("c dispatched").clone();
+    let mut stale_c = c_due.clone();
+    stale_c.fence = 3;
+    // A duplicate of `a` is read once; `c` with a fence its row never had is left out.
+    let read = store.peek(&[a_due.clone(), a_due.clone(), stale_c]).await.expect("peek");
+    assert_eq!(read.iter().map(|c| (c.key.as_str(), c.attempt, c.deferred)).collect::<Vec<_>>(), [("a", 1, true)]);
+    let a = read[0].clone();
+    assert!(a.has_dependents);
+    // Nothing is written: the row still waits and no TASK_STARTED exists.
+    let row = task_row(&store, wf, "a").await;
+    assert_eq!((row.status.as_str(), row.attempts, row.lease_until, row.started_at), ("QUEUED", 0, None, None));
+    let before = store.events(taskorch_domain::WorkflowId(wf), 0, 100).await.expect("events").len() as i64;
+    assert_eq!(before, 3, "WORKFLOW_STARTED and the roots' TASK_QUEUED only");
+
+    let started_at = crate::time::now_us() - 5_000;
+    let cont = Continuation { max: 4, kinds: vec!["noop".into()] };
+    let done = peeked(&a, OutcomeKind::Completed(json!({ "n": 7 })), started_at);
+    let report = store.report(vec![done.clone()], &mut || 0.5, &cont, LEASE_US).await.expect("report");
+    assert_eq!(report.stale, 0);
+    let row = task_row(&store, wf, "a").await;
+    assert_eq!((row.status.as_str(), row.attempts, row.result), ("COMPLETED", 1, Some(json!({ "n": 7 }))));
+    assert_eq!((row.started_at, row.lease_until), (Some(started_at), None), "started when it ran, no lease left");
+    // Its dependent continues with the result, as after a claimed attempt.
+    assert_eq!(
+        report.continued.iter().map(|c| (c.key.as_str(), c.inputs.clone())).collect::<Vec<_>>(),
+        [("b", json!({ "a": { "n": 7 } }))]
+    );
+    assert_eq!(
+        events_after(&store, wf, before).await,
+        [
+            (TaskStarted, Some("a".into())),
+            (TaskCompleted, Some("a".into())),
+            (TaskQueued, Some("b".into())),
+            (TaskStarted, Some("b".into()))
+        ]
+    );
+    let started = store.events(taskorch_domain::WorkflowId(wf), before, 1).await.expect("events");
+    assert_eq!(started[0].data, json!({ "attempt": 1 }));
+    // The same outcome again (a duplicate delivery that ran too) finds the row moved on.
+    let again = store.report(vec![done], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!((again.stale, again.events.len()), (1, 0));
+    assert_eq!(task_row(&store, wf, "a").await.attempts, 1);
+    // A claimed task cannot be peeked.
+    assert_eq!(store.peek(std::slice::from_ref(&c_due)).await.expect("peek").len(), 1);
+    store.claim(std::slice::from_ref(&c_due), LEASE_US).await.expect("claim");
+    assert!(store.peek(&[c_due]).await.expect("peek").is_empty(), "c is running");
+}
+
+#[tokio::test]
+async fn a_peeked_attempt_that_failed_is_counted_one_released_is_not_and_a_cancelled_one_records_nothing() {
+    use taskorch_domain::EventType::{TaskFailed, TaskRetrying, TaskStarted};
+    let (store, _fixture) = store().await;
+    let tasks = vec![TaskSpec::new("f", "noop"), TaskSpec::new("r", "noop")];
+    let (wf, _) = submit(&store, tasks, None).await;
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    let read = store.peek(&due).await.expect("peek");
+    let of = |key: &str| read.iter().find(|c| c.key == key).expect("peeked").clone();
+    let (f, r) = (of("f"), of("r"));
+    let before = store.events(taskorch_domain::WorkflowId(wf), 0, 100).await.expect("events").len() as i64;
+    let now = crate::time::now_us();
+    let outcomes = vec![peeked(&f, OutcomeKind::Failed("boom".into()), now), peeked(&r, OutcomeKind::Released, now)];
+    let report = store.report(outcomes, &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!(report.stale, 0);
+    let f_row = task_row(&store, wf, "f").await;
+    assert_eq!((f_row.status.as_str(), f_row.attempts, f_row.error.as_deref()), ("RETRYING", 1, Some("boom")));
+    assert_eq!(f_row.dispatched_until, super::DUE, "the retry is due when its delay passes");
+    let r_row = task_row(&store, wf, "r").await;
+    assert_eq!((r_row.status.as_str(), r_row.attempts, r_row.dispatched_until), ("QUEUED", 0, super::DUE));
+    assert_eq!(
+        events_after(&store, wf, before).await,
+        [(TaskStarted, Some("f".into())), (TaskFailed, Some("f".into())), (TaskRetrying, Some("f".into()))],
+        "the released attempt left no trace"
+    );
+
+    // The workflow is cancelled while a peeked attempt of `r` runs: its completion is refused.
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    let r = store.peek(&due).await.expect("peek").into_iter().find(|c| c.key == "r").expect("r peeked again");
+    store
+        .apply_action(taskorch_domain::WorkflowId(wf), taskorch_domain::lifecycle::Action::Cancel)
+        .await
+        .expect("cancel");
+    let done = peeked(&r, OutcomeKind::Completed(json!(1)), crate::time::now_us());
+    let report = store.report(vec![done], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!((report.stale, report.events.len()), (1, 0));
+    let r_row = task_row(&store, wf, "r").await;
+    assert_eq!((r_row.status.as_str(), r_row.attempts, r_row.result), ("CANCELLED", 0, None));
 }

@@ -9,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::claimer::{Claimer, LateClaim};
 use super::{Ack, Held, HeldAttempt, Reported};
 use crate::registry::{Registry, TaskContext};
 
@@ -18,6 +19,9 @@ pub(super) struct Launcher {
     pub(super) registry: Arc<Registry>,
     pub(super) held: Held,
     pub(super) abort: CancellationToken,
+    /// Writes the claims of peeked attempts that run past `claim_after`.
+    pub(super) claimer: Claimer,
+    pub(super) claim_after: Duration,
 }
 
 impl Launcher {
@@ -37,6 +41,7 @@ impl Launcher {
                 HeldAttempt {
                     phase: task.phase,
                     attempt: task.attempt,
+                    claimed: !task.deferred,
                     lost: lost.clone(),
                     workflow_id: task.workflow_id,
                     key: task.key.clone(),
@@ -46,6 +51,8 @@ impl Launcher {
         let registry = self.registry.clone();
         let held = self.held.clone();
         let abort = self.abort.clone();
+        let late = self.claimer.clone();
+        let claim_after = self.claim_after;
         let span = tracing::info_span!(
             "task.execute",
             workflow.id = %task.workflow_id, task.id = %task.task_id, task.kind = %task.kind, attempt = task.attempt
@@ -57,7 +64,8 @@ impl Launcher {
         tokio::spawn(
             async move {
                 let id = task.task_id;
-                let outcome = execute(task, &registry, lost.clone(), abort).await;
+                let claim = LateClaimAfter { claimer: late, after: claim_after, held: held.clone() };
+                let outcome = execute(task, &registry, lost.clone(), abort, claim).await;
                 if let Ok(mut h) = held.lock() {
                     h.remove(&id);
                 }
@@ -74,7 +82,20 @@ impl Launcher {
     }
 }
 
-async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, abort: CancellationToken) -> Outcome {
+/// How a peeked attempt gets its claim written when it runs long.
+struct LateClaimAfter {
+    claimer: Claimer,
+    after: Duration,
+    held: Held,
+}
+
+async fn execute(
+    task: Claimed,
+    registry: &Registry,
+    lost: CancellationToken,
+    abort: CancellationToken,
+    late: LateClaimAfter,
+) -> Outcome {
     let cancel = CancellationToken::new();
     let ctx = TaskContext {
         workflow_id: task.workflow_id,
@@ -88,7 +109,10 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         idempotency_key: task.idempotency_key,
         cancel: cancel.clone(),
     };
-    let outcome = |kind| Outcome { task_id: task.task_id, phase: task.phase, attempt: task.attempt, kind };
+    // Set while the claim of a peeked attempt is not written: the report writes it with the outcome.
+    let mut started_at = task.deferred.then(taskorch_engine::time::now_us);
+    let (task_id, task_phase, attempt) = (task.task_id, task.phase, task.attempt);
+    let outcome = |kind, started_at| Outcome { task_id, phase: task_phase, attempt, kind, started_at };
     let phase = match task.phase {
         Phase::Run => "run",
         Phase::Compensate => "compensate",
@@ -106,7 +130,8 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
     };
     let Some(handler) = registry.get(&task.kind) else {
         record("failed");
-        return outcome(OutcomeKind::Failed(format!("no handler is registered for task kind `{}`", task.kind)));
+        let error = format!("no handler is registered for task kind `{}`", task.kind);
+        return outcome(OutcomeKind::Failed(error), started_at);
     };
     let run = tokio::spawn(async move { handler.run(ctx).await });
     let timeout = task.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
@@ -116,17 +141,41 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
             None => Some(run.await),
         }
     };
-    let result = tokio::select! {
-        r = timed => r,
-        _ = lost.cancelled() => {
-            cancel.cancel();
-            record("cancelled");
-            return outcome(OutcomeKind::Failed("cancelled".into()));
-        }
-        _ = abort.cancelled() => {
-            cancel.cancel();
-            record("released");
-            return outcome(OutcomeKind::Released);
+    tokio::pin!(timed);
+    let claim_due = tokio::time::sleep(late.after);
+    tokio::pin!(claim_due);
+    let mut claim_pending = started_at.is_some();
+    let result = loop {
+        tokio::select! {
+            r = &mut timed => break r,
+            _ = &mut claim_due, if claim_pending => {
+                claim_pending = false;
+                match late.claimer.claim(task_id, task.workflow_id, attempt).await {
+                    LateClaim::Claimed => {
+                        started_at = None;
+                        if let Ok(mut h) = late.held.lock()
+                            && let Some(a) = h.get_mut(&task_id)
+                        {
+                            a.claimed = true;
+                        }
+                    }
+                    LateClaim::Lost => {
+                        tracing::info!("the task moved on before the attempt's claim was written; stopping it");
+                        lost.cancel();
+                    }
+                    LateClaim::Unwritten => {}
+                }
+            }
+            _ = lost.cancelled() => {
+                cancel.cancel();
+                record("cancelled");
+                return outcome(OutcomeKind::Failed("cancelled".into()), started_at);
+            }
+            _ = abort.cancelled() => {
+                cancel.cancel();
+                record("released");
+                return outcome(OutcomeKind::Released, started_at);
+            }
         }
     };
     let timed_out = result.is_none();
@@ -151,5 +200,5 @@ async fn execute(task: Claimed, registry: &Registry, lost: CancellationToken, ab
         }
         _ => tracing::info!("attempt failed"),
     }
-    outcome(kind)
+    outcome(kind, started_at)
 }

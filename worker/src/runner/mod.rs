@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
 
+mod claimer;
 mod launch;
 mod reporter;
 
+use claimer::Claimer;
 use launch::Launcher;
 use reporter::{Continue, Reported, run_reporter};
 
@@ -32,11 +34,20 @@ pub struct WorkerOptions {
     pub grace: Duration,
     /// How often leases of running attempts are extended.
     pub heartbeat: Duration,
+    /// How long a run attempt may run before its claim is written; one that ends sooner is recorded with its claim
+    /// and outcome in one write (`Engine::peek`). Zero claims every attempt before it runs.
+    pub claim_after: Duration,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { concurrency: 64, kinds: None, grace: Duration::from_secs(10), heartbeat: Duration::from_secs(5) }
+        Self {
+            concurrency: 64,
+            kinds: None,
+            grace: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(5),
+            claim_after: Duration::from_millis(50),
+        }
     }
 }
 
@@ -48,6 +59,8 @@ type Ack = Box<dyn taskorch_engine::queue::AckHandle>;
 struct HeldAttempt {
     phase: Phase,
     attempt: i32,
+    /// The claim is written (a peeked attempt has no lease to extend until then).
+    claimed: bool,
     lost: CancellationToken,
     workflow_id: taskorch_domain::WorkflowId,
     key: String,
@@ -92,7 +105,13 @@ pub async fn run_worker(
     let held: Held = Arc::new(Mutex::new(HashMap::new()));
     let abort = CancellationToken::new();
     let (report_tx, report_rx) = mpsc::unbounded_channel::<Reported>();
-    let launcher = Launcher { registry: registry.clone(), held: held.clone(), abort: abort.clone() };
+    let launcher = Launcher {
+        registry: registry.clone(),
+        held: held.clone(),
+        abort: abort.clone(),
+        claimer: Claimer::start(engine.clone()),
+        claim_after: opts.claim_after,
+    };
     let continuation = Continue {
         slots: slots.clone(),
         launcher: launcher.clone(),
@@ -142,7 +161,7 @@ pub async fn run_worker(
             }
             dispatches.push(dispatch);
         }
-        let claimed = claim_with_retry(&engine, &dispatches).await.unwrap_or_default();
+        let claimed = take_with_retry(&engine, &dispatches, !opts.claim_after.is_zero()).await.unwrap_or_default();
         let mut traces: HashMap<TaskId, String> =
             dispatches.into_iter().filter_map(|d| Some((d.task_id, d.trace?))).collect();
         let mut claimed_acks = HashMap::with_capacity(claimed.len());
@@ -183,9 +202,22 @@ pub async fn run_worker(
     engine.flush_events().await;
 }
 
-async fn claim_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch]) -> Option<Vec<Claimed>> {
+/// The deliveries' tasks, ready to run: run-phase ones peeked when `peek` (their claims are written later, see
+/// `WorkerOptions::claim_after`), the others claimed.
+async fn take_with_retry(engine: &Engine, batch: &[taskorch_engine::Dispatch], peek: bool) -> Option<Vec<Claimed>> {
+    let take = || async {
+        if !peek {
+            return engine.claim(batch).await;
+        }
+        let mut tasks = engine.peek(batch).await?;
+        let compensations: Vec<_> = batch.iter().filter(|d| d.phase == Phase::Compensate).cloned().collect();
+        if !compensations.is_empty() {
+            tasks.extend(engine.claim(&compensations).await?);
+        }
+        Ok(tasks)
+    };
     for attempt in 0..5u32 {
-        match engine.claim(batch).await {
+        match take().await {
             Ok(c) => return Some(c),
             Err(err) => {
                 tracing::warn!(error = %err, attempt, "claim failed; retrying");
@@ -204,7 +236,7 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
             _ = tokio::time::sleep(period) => {}
         }
         let snapshot: Vec<(TaskId, Phase, i32)> = match held.lock() {
-            Ok(h) => h.iter().map(|(id, a)| (*id, a.phase, a.attempt)).collect(),
+            Ok(h) => h.iter().filter(|(_, a)| a.claimed).map(|(id, a)| (*id, a.phase, a.attempt)).collect(),
             Err(_) => continue,
         };
         if snapshot.is_empty() {
