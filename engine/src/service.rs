@@ -336,6 +336,18 @@ impl Engine {
         self.inner.store.peek(batch).await
     }
 
+    /// Claims peeked attempts that run long (`(task, attempt, started_at)`); returns the tasks claimed (the others
+    /// moved on) and publishes their TASK_STARTED.
+    pub async fn claim_started(
+        &self,
+        attempts: &[(taskorch_domain::TaskId, i32, i64)],
+    ) -> Result<Vec<taskorch_domain::TaskId>, Error> {
+        let lease_us = self.inner.opts.lease.as_micros() as i64;
+        let (claimed, events) = self.inner.store.claim_started(attempts, lease_us).await?;
+        self.publish(events).await;
+        Ok(claimed)
+    }
+
     /// Claims delivered tasks (fenced); publishes TASK_STARTED.
     pub async fn claim(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {
         let (claimed, events) = self.inner.store.claim(batch, self.inner.opts.lease.as_micros() as i64).await?;

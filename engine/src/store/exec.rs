@@ -113,8 +113,11 @@ fn run_claim_values(lease_until: i64, now: i64) -> Vec<Value> {
     vec![lease_until.into(), now.into(), lease_until.into(), lease_until.into()]
 }
 /// Tasks are claimed only while their workflow runs.
-pub(super) const WORKFLOW_RUNNING: &str =
+const WORKFLOW_RUNNING: &str =
     "EXISTS (SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status = 'RUNNING')";
+/// A started attempt goes on through a pause of its workflow (deferred claims, see [`Store::peek`]).
+pub(super) const WORKFLOW_ACTIVE: &str =
+    "EXISTS (SELECT 1 FROM workflow w WHERE w.id = task.workflow_id AND w.status IN ('RUNNING', 'PAUSED'))";
 /// What a run-phase claim returns, by index: key, kind, payload, attempts, idempotency_key, timeout_ms, depends_on,
 /// available_at, whether it has dependents.
 const RUN_CLAIM_COLUMNS: &str = "task.key, task.kind, task.payload, task.attempts, task.idempotency_key, task.timeout_ms, task.depends_on, \
@@ -307,31 +310,52 @@ impl Store {
         Ok(out)
     }
 
-    /// Records, in the reporting transaction `txn`, the claim of a peeked attempt that started at `started_at` and
-    /// ended with something other than a completion on PostgreSQL (those are one statement with their claim,
-    /// see `complete_many`): `Some` with the claim's TASK_STARTED once written, `None` if the row moved on.
-    pub(crate) async fn claim_deferred(
+    /// Writes, in `txn`, the claim of attempt `attempt` of `task_id`, peeked and started at `started_at`: `Some`
+    /// with the claim's TASK_STARTED once written, `None` if the row moved on. The workflow may be paused since the
+    /// peek: a started attempt goes on through a pause, as a claimed one does.
+    pub(crate) async fn claim_deferred<C: ConnectionTrait>(
         &self,
-        txn: &DatabaseTransaction,
-        o: &Outcome,
+        txn: &C,
+        task_id: TaskId,
+        attempt: i32,
         started_at: i64,
-        now: i64,
-        lease_us: i64,
+        lease_until: i64,
     ) -> Result<Option<(Uuid, NewEvent)>, Error> {
         let row = txn
-            .query_one_raw(
-                self.db.stmt(
-                    &format!(
-                        "UPDATE task SET {RUN_CLAIM_SET} WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} \
-                     AND lease_until IS NULL AND {WORKFLOW_RUNNING} RETURNING task.workflow_id, task.key"
-                    ),
-                    [run_claim_values(now + lease_us, started_at), vec![o.task_id.0.into(), (o.attempt - 1).into()]]
-                        .concat(),
+            .query_one_raw(self.db.stmt(
+                &format!(
+                    "UPDATE task SET {RUN_CLAIM_SET} WHERE id = ? AND attempts = ? AND status IN {RUN_STATUSES} \
+                     AND lease_until IS NULL AND {WORKFLOW_ACTIVE} RETURNING task.workflow_id, task.key"
                 ),
-            )
+                [run_claim_values(lease_until, started_at), vec![task_id.0.into(), (attempt - 1).into()]].concat(),
+            ))
             .await?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some((row.try_get_by_index(0)?, started(row.try_get_by_index(1)?, o.attempt))))
+        Ok(Some((row.try_get_by_index(0)?, started(row.try_get_by_index(1)?, attempt))))
+    }
+
+    /// Claims peeked attempts that run long (`(task, attempt, started_at)`), in one transaction; returns the tasks
+    /// whose claims were written (the others moved on) and their TASK_STARTED events.
+    pub async fn claim_started(
+        &self,
+        attempts: &[(TaskId, i32, i64)],
+        lease_us: i64,
+    ) -> Result<(Vec<TaskId>, Vec<EventRecord>), Error> {
+        let now = now_us();
+        let txn = self.db.write.begin().await?;
+        let mut pending = Pending::default();
+        let mut claimed = Vec::with_capacity(attempts.len());
+        for (task_id, attempt, started_at) in attempts {
+            if let Some((wf, started)) =
+                self.claim_deferred(&txn, *task_id, *attempt, *started_at, now + lease_us).await?
+            {
+                pending.extend(wf, [started]);
+                claimed.push(*task_id);
+            }
+        }
+        let events = self.flush(&txn, pending, now).await?;
+        txn.commit().await?;
+        Ok((claimed, events))
     }
 
     /// Claims dispatched tasks with fenced conditional updates, in one transaction. A duplicate or stale message

@@ -123,7 +123,7 @@ impl Store {
                 .await?;
                 continue;
             }
-            match self.claim_deferred(txn, &o, started_at, now, lease_us).await? {
+            match self.claim_deferred(txn, o.task_id, o.attempt, started_at, now + lease_us).await? {
                 Some((wf, started)) => {
                     report.pending.extend(wf, [started]);
                     out.push(o);
@@ -205,7 +205,7 @@ impl Store {
                 format!(
                     "task.attempts = v.attempt - 1 AND task.status IN {} AND task.lease_until IS NULL AND {}",
                     super::exec::RUN_STATUSES,
-                    super::exec::WORKFLOW_RUNNING
+                    super::exec::WORKFLOW_ACTIVE
                 ),
             )
         } else {

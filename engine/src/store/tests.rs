@@ -532,3 +532,49 @@ async fn a_peeked_attempt_that_failed_is_counted_one_released_is_not_and_a_cance
     let r_row = task_row(&store, wf, "r").await;
     assert_eq!((r_row.status.as_str(), r_row.attempts, r_row.result), ("CANCELLED", 0, None));
 }
+
+#[tokio::test]
+async fn a_long_peeked_attempt_is_claimed_once_with_its_start_and_goes_on_through_a_pause() {
+    use taskorch_domain::lifecycle::Action;
+    let (store, _fixture) = store().await;
+    let tasks = vec![TaskSpec::new("long", "noop"), TaskSpec::new("short", "noop"), TaskSpec::new("gone", "noop")];
+    let (wf, _) = submit(&store, tasks, None).await;
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    let read = store.peek(&due).await.expect("peek");
+    let of = |key: &str| read.iter().find(|c| c.key == key).expect("peeked").clone();
+    let (long, short, gone) = (of("long"), of("short"), of("gone"));
+    let started_at = crate::time::now_us() - 60_000;
+    // A wrong attempt number claims nothing; the right one is claimed once, as RUNNING from when it started.
+    let (claimed, events) = store.claim_started(&[(long.task_id, 2, started_at)], LEASE_US).await.expect("late claim");
+    assert!(claimed.is_empty() && events.is_empty());
+    let (claimed, events) = store
+        .claim_started(&[(long.task_id, 1, started_at), (long.task_id, 1, started_at)], LEASE_US)
+        .await
+        .expect("late claim");
+    assert_eq!(claimed, [long.task_id], "a second request for the same attempt finds it claimed");
+    assert_eq!(
+        events.iter().map(|e| (e.event_type, e.task_key.clone())).collect::<Vec<_>>(),
+        [(taskorch_domain::EventType::TaskStarted, Some("long".into()))]
+    );
+    let row = task_row(&store, wf, "long").await;
+    assert_eq!((row.status.as_str(), row.attempts, row.started_at), ("RUNNING", 1, Some(started_at)));
+    assert!(row.lease_until.is_some());
+
+    // Paused while the attempts run: they finish and are recorded, as claimed ones are.
+    store.apply_action(taskorch_domain::WorkflowId(wf), Action::Pause).await.expect("pause");
+    let now = crate::time::now_us();
+    let outcomes = vec![
+        Outcome { started_at: None, ..peeked(&long, OutcomeKind::Completed(json!("l")), now) },
+        peeked(&short, OutcomeKind::Completed(json!("s")), now),
+        // A peeked attempt whose number the row never had (its fence is stale) is refused.
+        Outcome { attempt: 3, ..peeked(&gone, OutcomeKind::Completed(json!("g")), now) },
+    ];
+    let report = store.report(outcomes, &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
+    assert_eq!(report.stale, 1);
+    for (key, status, attempts) in [("long", "COMPLETED", 1), ("short", "COMPLETED", 1), ("gone", "QUEUED", 0)] {
+        let row = task_row(&store, wf, key).await;
+        assert_eq!((row.status.as_str(), row.attempts), (status, attempts), "{key}");
+    }
+    // A new attempt does not start while paused: the peek leaves it out.
+    assert!(store.peek(&due).await.expect("peek").is_empty());
+}

@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use taskorch_domain::{TaskId, WorkflowId};
-use taskorch_engine::store::Claimed;
-use taskorch_engine::{Dispatch, Engine, Phase};
+use taskorch_domain::TaskId;
+use taskorch_engine::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a late claim found.
@@ -14,13 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 pub(super) enum LateClaim {
     /// Written: the attempt now holds its task under a lease.
     Claimed,
-    /// The row moved on (cancelled, claimed by a duplicate delivery): the attempt must stop.
+    /// The row moved on (cancelled, claimed through another delivery): the attempt must stop.
     Lost,
-    /// The database could not be reached: the attempt stays peeked and its claim goes with its outcome.
+    /// The database could not be reached: the attempt stays peeked (ask again later).
     Unwritten,
 }
 
-type Request = (Dispatch, oneshot::Sender<LateClaim>);
+/// A peeked attempt (task, attempt, when it started) and where its answer goes.
+type Request = ((TaskId, i32, i64), oneshot::Sender<LateClaim>);
 
 /// Sends late claims to the batching task; it ends when every handle is dropped.
 #[derive(Clone)]
@@ -38,21 +38,10 @@ impl Claimer {
         Self { tx }
     }
 
-    /// Claims the peeked attempt `attempt` of `task_id`.
-    pub(super) async fn claim(&self, task_id: TaskId, workflow_id: WorkflowId, attempt: i32) -> LateClaim {
-        let dispatch = Dispatch {
-            task_id,
-            workflow_id,
-            phase: Phase::Run,
-            kind: String::new(),
-            priority: 0,
-            // A peeked attempt's number is the one its claim records: the row's count is one less.
-            fence: attempt - 1,
-            seq: 0,
-            trace: None,
-        };
+    /// Claims attempt `attempt` of `task_id`, peeked and started at `started_at` (µs).
+    pub(super) async fn claim(&self, task_id: TaskId, attempt: i32, started_at: i64) -> LateClaim {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send((dispatch, reply)).is_err() {
+        if self.tx.send(((task_id, attempt, started_at), reply)).is_err() {
             return LateClaim::Unwritten;
         }
         answer.await.unwrap_or(LateClaim::Unwritten)
@@ -69,29 +58,29 @@ async fn run(engine: Engine, mut rx: mpsc::UnboundedReceiver<Request>) {
                 Err(_) => break,
             }
         }
-        let dispatches: Vec<Dispatch> = batch.iter().map(|(d, _)| d.clone()).collect();
-        let answer = match claim(&engine, &dispatches).await {
-            Some(claimed) => {
-                let ids: HashSet<_> = claimed.iter().map(|c| c.task_id).collect();
-                Some(ids)
-            }
-            None => None,
-        };
-        for (d, reply) in batch.drain(..) {
-            let _ = reply.send(match &answer {
-                Some(ids) if ids.contains(&d.task_id) => LateClaim::Claimed,
-                Some(_) => LateClaim::Lost,
+        let attempts: Vec<(TaskId, i32, i64)> = batch.iter().map(|(a, _)| *a).collect();
+        let mut claimed: Option<HashSet<TaskId>> = claim(&engine, &attempts).await.map(|ids| ids.into_iter().collect());
+        for ((attempt, _, _), reply) in batch.drain(..) {
+            let answer = match claimed.as_mut() {
+                // One claim per task is written: a second request for it (a duplicate delivery) lost.
+                Some(ids) => {
+                    if ids.remove(&attempt) {
+                        LateClaim::Claimed
+                    } else {
+                        LateClaim::Lost
+                    }
+                }
                 None => LateClaim::Unwritten,
-            });
+            };
+            let _ = reply.send(answer);
         }
     }
 }
 
-/// A few tries: a claim that cannot be written leaves the attempts peeked, which is safe while their dispatches'
-/// visibility lasts (their outcomes then carry the claims).
-async fn claim(engine: &Engine, batch: &[Dispatch]) -> Option<Vec<Claimed>> {
+/// A few tries; `None` if the claims could not be written.
+async fn claim(engine: &Engine, attempts: &[(TaskId, i32, i64)]) -> Option<Vec<TaskId>> {
     for attempt in 0..3u32 {
-        match engine.claim(batch).await {
+        match engine.claim_started(attempts).await {
             Ok(c) => return Some(c),
             Err(err) => {
                 tracing::warn!(error = %err, attempt, "late claim failed; retrying");

@@ -36,6 +36,14 @@ impl Launcher {
     ) {
         let lost = CancellationToken::new();
         if let Ok(mut h) = self.held.lock() {
+            // A second delivery of a task this worker is already running unclaimed: the first one runs it.
+            if task.deferred && h.contains_key(&task.task_id) {
+                drop(permit);
+                if let Some(ack) = ack {
+                    tokio::spawn(async move { ack.ack().await });
+                }
+                return;
+            }
             h.insert(
                 task.task_id,
                 HeldAttempt {
@@ -150,7 +158,7 @@ async fn execute(
             r = &mut timed => break r,
             _ = &mut claim_due, if claim_pending => {
                 claim_pending = false;
-                match late.claimer.claim(task_id, task.workflow_id, attempt).await {
+                match late.claimer.claim(task_id, attempt, started_at.unwrap_or_default()).await {
                     LateClaim::Claimed => {
                         started_at = None;
                         if let Ok(mut h) = late.held.lock()
@@ -163,7 +171,11 @@ async fn execute(
                         tracing::info!("the task moved on before the attempt's claim was written; stopping it");
                         lost.cancel();
                     }
-                    LateClaim::Unwritten => {}
+                    LateClaim::Unwritten => {
+                        // Until the dispatch's visibility runs out the task is still this attempt's: ask again.
+                        claim_pending = true;
+                        claim_due.as_mut().reset(tokio::time::Instant::now() + late.after);
+                    }
                 }
             }
             _ = lost.cancelled() => {
