@@ -13,8 +13,27 @@ use crate::model::{EventRecord, WorkflowRecord};
 use crate::time::now_us;
 
 impl Store {
-    /// Applies an operator action to a workflow; returns the events written.
+    /// Applies an operator action to a workflow; returns the events written. An action locks the workflow's row
+    /// before its tasks', while claims and reports lock task rows first: on PostgreSQL the two can deadlock, and
+    /// the one aborted is tried again (claims and reports retry their own).
     pub async fn apply_action(
+        &self,
+        id: WorkflowId,
+        action: Action,
+    ) -> Result<(WorkflowRecord, Vec<EventRecord>), Error> {
+        let mut tries = 0;
+        loop {
+            match self.apply_action_once(id, action).await {
+                Err(Error::Database(err)) if tries < 4 && super::is_deadlock(&err) => {
+                    tries += 1;
+                    tracing::info!(workflow.id = %id, tries, "action aborted by a deadlock; trying again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn apply_action_once(
         &self,
         id: WorkflowId,
         action: Action,

@@ -262,6 +262,11 @@ fn keys_in_order(rows: &[sea_orm::QueryResult]) -> Result<Vec<String>, DbErr> {
     Ok(keyed.into_iter().map(|(_, k)| k).collect())
 }
 
+/// Whether PostgreSQL aborted the transaction to break a deadlock (SQLSTATE 40P01).
+fn is_deadlock(err: &DbErr) -> bool {
+    err.to_string().contains("deadlock detected")
+}
+
 /// Whether an error is a unique-constraint violation.
 fn is_unique_violation(err: &DbErr) -> bool {
     let text = err.to_string().to_lowercase();
