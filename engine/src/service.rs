@@ -159,6 +159,7 @@ impl Engine {
             SubmitOutcome::Existing(record) => Ok(record),
             SubmitOutcome::Created(record, events, mut dispatches) => {
                 self.publish(events).await;
+                let handed_over = dispatches.len();
                 if let Some(to) = roots_to
                     && !dispatches.is_empty()
                 {
@@ -167,8 +168,11 @@ impl Engine {
                     }
                     tokio::spawn(crate::dispatcher::hand_over(self.clone(), to.queue.clone(), dispatches));
                 }
-                // Roots of kinds this process does not dispatch are the dispatchers' (here or elsewhere).
-                self.wake_dispatcher();
+                // Roots of kinds this process does not dispatch (or all, when its queue is full) are the
+                // dispatchers' (here or elsewhere). Waking it for nothing cost a scan per submission.
+                if handed_over < roots {
+                    self.wake_dispatcher();
+                }
                 Ok(record)
             }
         }
