@@ -123,6 +123,37 @@ impl Store {
                 .await?;
                 continue;
             }
+            if let OutcomeKind::Completed(result) = &mut o.kind {
+                // Not on PostgreSQL (its peeked completions are one statement, `complete_many`): one fenced update
+                // per task that claims and completes it.
+                let row = txn
+                    .query_one_raw(self.db.stmt(
+                        &format!(
+                            "UPDATE task SET status = 'COMPLETED', attempts = attempts + 1, started_at = ?, result = ?, \
+                               error = NULL, lease_until = NULL, dispatched_until = -1, finished_at = ? \
+                             WHERE id = ? AND attempts = ? AND status IN {} AND lease_until IS NULL AND {} \
+                             RETURNING workflow_id, key, dependents",
+                            super::exec::RUN_STATUSES,
+                            super::exec::WORKFLOW_ACTIVE
+                        ),
+                        vec![
+                            started_at.into(),
+                            json_value(result.clone()),
+                            now.into(),
+                            o.task_id.0.into(),
+                            (o.attempt - 1).into(),
+                        ],
+                    ))
+                    .await?;
+                match row {
+                    Some(row) => {
+                        report.pending.extend(row.try_get_by_index(0)?, [started(row.try_get_by_index(1)?, o.attempt)]);
+                        self.completed(txn, &row, o.attempt, std::mem::take(result), now, report).await?;
+                    }
+                    None => report.stale += 1,
+                }
+                continue;
+            }
             match self.claim_deferred(txn, o.task_id, o.attempt, started_at, now + lease_us).await? {
                 Some((wf, started)) => {
                     report.pending.extend(wf, [started]);
