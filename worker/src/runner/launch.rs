@@ -153,30 +153,36 @@ async fn execute(
     let claim_due = tokio::time::sleep(late.after);
     tokio::pin!(claim_due);
     let mut claim_pending = started_at.is_some();
+    // The late claim in flight: polled beside the handler, so a timeout, a cancellation or a stop is noticed while
+    // the database is slow to answer.
+    let mut claiming: Option<std::pin::Pin<Box<dyn std::future::Future<Output = LateClaim> + Send + '_>>> = None;
+    let settle = |answer: LateClaim, started_at: &mut Option<i64>, claim_pending: &mut bool| match answer {
+        LateClaim::Claimed => {
+            *started_at = None;
+            if let Ok(mut h) = late.held.lock()
+                && let Some(a) = h.get_mut(&task_id)
+            {
+                a.claimed = true;
+            }
+        }
+        LateClaim::Lost => {
+            tracing::info!("the task moved on before the attempt's claim was written; stopping it");
+            lost.cancel();
+        }
+        // Until the dispatch's visibility runs out the task is still this attempt's: ask again at the next mark.
+        LateClaim::Unwritten => *claim_pending = true,
+    };
     let result = loop {
         tokio::select! {
             r = &mut timed => break r,
             _ = &mut claim_due, if claim_pending => {
                 claim_pending = false;
-                match late.claimer.claim(task_id, attempt, started_at.unwrap_or_default()).await {
-                    LateClaim::Claimed => {
-                        started_at = None;
-                        if let Ok(mut h) = late.held.lock()
-                            && let Some(a) = h.get_mut(&task_id)
-                        {
-                            a.claimed = true;
-                        }
-                    }
-                    LateClaim::Lost => {
-                        tracing::info!("the task moved on before the attempt's claim was written; stopping it");
-                        lost.cancel();
-                    }
-                    LateClaim::Unwritten => {
-                        // Until the dispatch's visibility runs out the task is still this attempt's: ask again.
-                        claim_pending = true;
-                        claim_due.as_mut().reset(tokio::time::Instant::now() + late.after);
-                    }
-                }
+                claim_due.as_mut().reset(tokio::time::Instant::now() + late.after);
+                claiming = Some(Box::pin(late.claimer.claim(task_id, attempt, started_at.unwrap_or_default())));
+            }
+            answer = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                claiming = None;
+                settle(answer, &mut started_at, &mut claim_pending);
             }
             _ = lost.cancelled() => {
                 cancel.cancel();
@@ -186,10 +192,22 @@ async fn execute(
             _ = abort.cancelled() => {
                 cancel.cancel();
                 record("released");
+                // Released as what it is: claimed or not.
+                if let Some(c) = claiming.take() {
+                    settle(c.await, &mut started_at, &mut claim_pending);
+                }
                 return outcome(OutcomeKind::Released, started_at);
             }
         }
     };
+    // Ended while its late claim was in flight: its outcome is that of a claimed attempt only if the claim was
+    // written.
+    if let Some(c) = claiming.take() {
+        settle(c.await, &mut started_at, &mut claim_pending);
+        if lost.is_cancelled() {
+            return outcome(OutcomeKind::Failed("cancelled".into()), started_at);
+        }
+    }
     let timed_out = result.is_none();
     let kind = match result {
         None => {
