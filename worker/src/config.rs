@@ -131,10 +131,18 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn options(args: &[&str]) -> EngineOptions {
+    fn config(args: &[&str]) -> Config {
         let mut argv = vec!["taskorch-worker"];
         argv.extend_from_slice(args);
-        Config::try_parse_from(argv).expect("valid arguments").engine_options()
+        Config::try_parse_from(argv).expect("valid arguments")
+    }
+
+    fn options(args: &[&str]) -> EngineOptions {
+        config(args).engine_options()
+    }
+
+    fn worker(args: &[&str]) -> WorkerOptions {
+        config(args).worker_options()
     }
 
     #[test]
@@ -147,12 +155,6 @@ mod tests {
         assert_eq!(broker.redeliver_after, Duration::from_millis(5000));
         let set = options(&["--lease-ms", "5000", "--redeliver-after-ms", "1000"]);
         assert_eq!(set.redeliver_after, Duration::from_millis(1000));
-    }
-
-    fn worker(args: &[&str]) -> WorkerOptions {
-        let mut argv = vec!["taskorch-worker"];
-        argv.extend_from_slice(args);
-        Config::try_parse_from(argv).expect("valid arguments").worker_options()
     }
 
     #[test]

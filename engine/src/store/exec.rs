@@ -34,7 +34,7 @@ pub struct Claimed {
     /// Whether other tasks depend on it (its completion may make some ready: run phase).
     pub has_dependents: bool,
     /// Read by [`Store::peek`], not claimed yet: the claim is written with the attempt's outcome (its
-    /// [`Outcome::started_at`]), or by [`Store::claim`] if the attempt runs long. `attempt` is the one the claim
+    /// [`Outcome::started_at`]), or by [`Store::claim_started`] if the attempt runs long. `attempt` is the one the claim
     /// will record.
     pub deferred: bool,
 }
@@ -262,7 +262,7 @@ impl Store {
     /// Reads what the run-phase dispatches of `batch` need to run, without claiming them (compensation dispatches
     /// are left out: they are claimed). A worker runs a peeked attempt at once and records its claim with its
     /// outcome — a short attempt then costs one row version and one transaction, not two — or claims it with
-    /// [`Store::claim`] if it runs long. Until then the dispatch's visibility stands in for the lease. Dispatches
+    /// [`Store::claim_started`] if it runs long. Until then the dispatch's visibility stands in for the lease. Dispatches
     /// whose row moved on (claimed, cancelled, workflow not running) or whose fence is stale are left out, and a
     /// task delivered twice in the batch is read once. Inputs are filled.
     pub async fn peek(&self, batch: &[Dispatch]) -> Result<Vec<Claimed>, Error> {

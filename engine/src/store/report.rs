@@ -15,6 +15,16 @@ use crate::error::Error;
 use crate::queue::Phase;
 use crate::time::now_us;
 
+/// The row of a peeked attempt as its claim finds it (besides the attempt number): still waiting for a worker, no
+/// lease, its workflow running or paused. Shared by the one-row and the set-based claim-and-complete.
+fn still_waiting() -> String {
+    format!(
+        "task.status IN {} AND task.lease_until IS NULL AND {}",
+        super::exec::RUN_STATUSES,
+        super::exec::WORKFLOW_ACTIVE
+    )
+}
+
 fn json_value(v: Json) -> Value {
     if v.is_null() { Option::<Json>::None.into() } else { Some(v).into() }
 }
@@ -131,10 +141,9 @@ impl Store {
                         &format!(
                             "UPDATE task SET status = 'COMPLETED', attempts = attempts + 1, started_at = ?, result = ?, \
                                error = NULL, lease_until = NULL, dispatched_until = -1, finished_at = ? \
-                             WHERE id = ? AND attempts = ? AND status IN {} AND lease_until IS NULL AND {} \
+                             WHERE task.id = ? AND task.attempts = ? AND {} \
                              RETURNING workflow_id, key, dependents",
-                            super::exec::RUN_STATUSES,
-                            super::exec::WORKFLOW_ACTIVE
+                            still_waiting()
                         ),
                         vec![
                             started_at.into(),
@@ -233,11 +242,7 @@ impl Store {
         let (claim, held) = if peeked {
             (
                 "attempts = task.attempts + 1, started_at = v.started,",
-                format!(
-                    "task.attempts = v.attempt - 1 AND task.status IN {} AND task.lease_until IS NULL AND {}",
-                    super::exec::RUN_STATUSES,
-                    super::exec::WORKFLOW_ACTIVE
-                ),
+                format!("task.attempts = v.attempt - 1 AND {}", still_waiting()),
             )
         } else {
             ("", "task.attempts = v.attempt AND task.status = 'RUNNING'".to_owned())
