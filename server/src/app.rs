@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use async_graphql::{BatchRequest, BatchResponse};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLRequest, GraphQLResponse};
-use axum::extract::{ConnectInfo, FromRequestParts, State, WebSocketUpgrade};
+use async_graphql::BatchRequest;
+use async_graphql_axum::GraphQLBatchRequest;
+use async_graphql_axum::rejection::GraphQLRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -33,6 +34,7 @@ use crate::graphql::loaders::TaskLoader;
 use crate::graphql::subscription::ActiveSubscriptions;
 use crate::graphql::{AppSchema, SchemaOptions, build_schema};
 use crate::hot::{Key, Lookup, ResponseCache};
+use crate::http::{self, GetRefusal, Media};
 use crate::playground;
 
 #[derive(Clone)]
@@ -198,47 +200,30 @@ fn with_request_data(state: &AppState, req: async_graphql::Request, caller: Call
     )
 }
 
-fn error_body(status: StatusCode, code: &str, message: String) -> Response {
-    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (status, Json(body)).into_response()
-}
-
-/// The longest retry-after (seconds) of rate-limited calls among `responses`.
-fn retry_after(responses: &[&async_graphql::Response]) -> Option<u64> {
-    responses
-        .iter()
-        .flat_map(|r| r.errors.iter())
-        .filter_map(|e| e.extensions.as_ref())
-        .filter(|ext| matches!(ext.get("code"), Some(async_graphql::Value::String(c)) if c == code::RATE_LIMITED))
-        .filter_map(|ext| match ext.get("retryAfter") {
-            Some(async_graphql::Value::Number(n)) => n.as_u64(),
-            _ => None,
-        })
-        .max()
-}
-
-/// The HTTP answer: 429 with `Retry-After` when a call was rate-limited.
-fn respond(resp: impl Into<GraphQLResponse>, retry_after: Option<u64>) -> Response {
-    let mut http = resp.into().into_response();
-    if let Some(secs) = retry_after {
-        *http.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            http.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    http
-}
-
 async fn graphql_post(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    req: GraphQLBatchRequest,
+    req: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
+    let media = Media::accepted(&headers);
+    let req = match req {
+        Ok(req) => req.into_inner(),
+        Err(rejection) => {
+            return http::bad_request(
+                format!("the body is not a GraphQL request ({{\"query\": …}} or a list of them): {}", rejection.0),
+                media,
+            );
+        }
+    };
     let caller = caller(&state, &headers, ip).await;
-    match req.into_inner() {
-        BatchRequest::Single(req) => execute_single(&state, req, caller).await,
-        BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => error_body(
+    match req {
+        BatchRequest::Single(req) if req.query.trim().is_empty() => {
+            http::bad_request("the request has no `query` (the GraphQL document)".into(), media)
+        }
+        BatchRequest::Single(req) => execute_single(&state, req, caller, media).await,
+        BatchRequest::Batch(reqs) if reqs.is_empty() => http::bad_request("the batch is empty".into(), media),
+        BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => http::error_body(
             StatusCode::BAD_REQUEST,
             code::LIMIT_EXCEEDED,
             format!(
@@ -246,58 +231,59 @@ async fn graphql_post(
                 reqs.len(),
                 state.max_batch
             ),
+            media,
         ),
         BatchRequest::Batch(reqs) => {
             let reqs = reqs.into_iter().map(|r| with_request_data(&state, r, caller.clone())).collect();
-            let resp = state.schema.execute_batch(BatchRequest::Batch(reqs)).await;
-            let wait = match &resp {
-                BatchResponse::Single(r) => retry_after(&[r]),
-                BatchResponse::Batch(v) => retry_after(&v.iter().collect::<Vec<_>>()),
-            };
-            respond(resp, wait)
+            http::respond_batch(state.schema.execute_batch(BatchRequest::Batch(reqs)).await, media)
         }
     }
 }
 
+/// GET carries queries: a WebSocket upgrade of `/graphql` is served as `/graphql/ws` (clients often default to
+/// the one path).
 async fn graphql_get(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    req: GraphQLRequest,
+    RawQuery(query): RawQuery,
+    request: axum::extract::Request,
 ) -> Response {
-    let req = req.into_inner();
-    // GET carries queries only: a mutation over GET is refused.
-    if req.query.trim_start().starts_with("mutation") {
-        return error_body(
-            StatusCode::METHOD_NOT_ALLOWED,
-            code::VALIDATION_FAILED,
-            "mutations must be sent with POST".into(),
-        );
+    if headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        let (mut parts, _) = request.into_parts();
+        let protocol = match crate::ws::Protocol::from_request_parts(&mut parts, &state).await {
+            Ok(protocol) => protocol,
+            Err(status) => return status.into_response(),
+        };
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(upgrade) => graphql_ws(State(state), ClientIp(ip), headers, protocol, upgrade).await,
+            Err(rejection) => rejection.into_response(),
+        };
     }
+    let media = Media::accepted(&headers);
+    let req = match http::get_request(query.as_deref()) {
+        Ok(req) => req,
+        Err(GetRefusal::Bad(message)) => return http::bad_request(message, media),
+        Err(GetRefusal::Mutation) => return http::mutation_over_get(media),
+    };
     let caller = caller(&state, &headers, ip).await;
-    execute_single(&state, req, caller).await
+    execute_single(&state, req, caller, media).await
 }
 
 /// One operation: from the response cache when it holds the answer, else executed (and kept when it may be).
-async fn execute_single(state: &AppState, req: async_graphql::Request, caller: Caller) -> Response {
+async fn execute_single(state: &AppState, req: async_graphql::Request, caller: Caller, media: Media) -> Response {
     let key = state.hot.as_ref().and_then(|hot| Some((hot, Key::of(&caller, &req)?)));
     let Some((hot, key)) = key else {
-        return respond_single(state.schema.execute(with_request_data(state, req, caller)).await);
+        return http::respond(state.schema.execute(with_request_data(state, req, caller)).await, media);
     };
-    match hot.lookup(key, &caller).await {
+    match hot.lookup(key, &caller, media).await {
         Lookup::Hit(resp) => resp,
         Lookup::Miss(pending) => {
             let req = with_request_data(state, req, caller).data(pending.slot.clone());
             let resp = state.schema.execute(req).await;
-            hot.keep(pending, resp)
+            hot.keep(pending, resp, media)
         }
     }
-}
-
-/// The HTTP answer to one operation (429 with `Retry-After` when it was rate-limited).
-pub(crate) fn respond_single(resp: async_graphql::Response) -> Response {
-    let wait = retry_after(&[&resp]);
-    respond(resp, wait)
 }
 
 /// graphql-transport-ws (and the legacy graphql-ws). The credential comes from the `connection_init` payload

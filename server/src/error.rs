@@ -1,7 +1,8 @@
 //! The one mapping from use-case errors to GraphQL errors with a stable `extensions.code`.
 //!
 //! Codes: `VALIDATION_FAILED`, `CYCLE_DETECTED`, `NOT_FOUND`, `CONFLICT`, `INVALID_STATE`, `UNAUTHENTICATED`,
-//! `FORBIDDEN`, `RATE_LIMITED`, `LIMIT_EXCEEDED`, `INTERNAL`.
+//! `FORBIDDEN`, `RATE_LIMITED`, `LIMIT_EXCEEDED`, `INTERNAL`; for requests refused before anything runs,
+//! `GRAPHQL_PARSE_FAILED` and `GRAPHQL_VALIDATION_FAILED` (see `graphql::request`).
 //! `INTERNAL` never says more than that; its cause is logged.
 
 use async_graphql::ErrorExtensions;
@@ -20,6 +21,10 @@ pub mod code {
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
     pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
     pub const INTERNAL: &str = "INTERNAL";
+    pub const GRAPHQL_PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+    pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    /// A request that is not a GraphQL request at all (unreadable body or query string).
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
 }
 
 /// A GraphQL error with `extensions.code`.

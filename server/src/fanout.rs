@@ -28,6 +28,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::auth::Caller;
+use crate::graphql::request::is_request_error;
 use crate::graphql::subscription::{ActiveSubscriptions, Guard};
 use crate::ws::{Payload, Streams};
 
@@ -86,8 +87,10 @@ struct Serialised {
 }
 
 fn serialise(r: &Response) -> Serialised {
+    // An operation refused before it ran is its list of errors (see [`Payload`]).
+    let text = if is_request_error(r) { serde_json::to_string(&r.errors) } else { serde_json::to_string(r) };
     // A `Response` always serialises (its values are JSON values); the fallback is never sent in practice.
-    let payload = serde_json::to_string(r).unwrap_or_else(|e| {
+    let payload = text.unwrap_or_else(|e| {
         serde_json::json!({ "errors": [{ "message": format!("response not serialisable: {e}") }] }).to_string()
     });
     Serialised { payload: payload.into(), ok: r.errors.is_empty() }

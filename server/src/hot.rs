@@ -20,7 +20,6 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::parser::types::{ExecutableDocument, Field, OperationType};
 use async_graphql::{ServerResult, Value, Variables};
 use axum::body::Bytes;
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use taskorch_domain::WorkflowId;
 use taskorch_domain::ratelimit::{OperationClass, Quotas};
@@ -31,6 +30,7 @@ use taskorch_engine::snapshot::{SnapshotCache, Stamp};
 
 use crate::auth::Caller;
 use crate::graphql::ratelimit::{self, classify, root_fields};
+use crate::http::{Media, respond};
 
 /// Root fields whose answer is a function of the database and the caller alone.
 const CACHEABLE_ROOTS: [&str; 3] = ["workflow", "workflows", "__typename"];
@@ -273,7 +273,7 @@ impl ResponseCache {
 
     /// The kept answer to `key` if what it read is unchanged; a hit is charged to the caller's rate limits like
     /// the call it repeats.
-    pub async fn lookup(&self, key: Key, caller: &Caller) -> Lookup {
+    pub async fn lookup(&self, key: Key, caller: &Caller, media: Media) -> Lookup {
         let started = Instant::now();
         let kept = self.entries.lock().ok().and_then(|entries| entries.map.get(&key).cloned());
         let fresh = match &kept {
@@ -285,26 +285,26 @@ impl ResponseCache {
             return Lookup::Miss(Pending { key, slot });
         };
         if let Err(refused) = ratelimit::charge(self.limiter.as_ref(), &self.quotas, &entry.classes, caller).await {
-            return Lookup::Hit(crate::app::respond_single(async_graphql::Response::from_errors(vec![refused])));
+            return Lookup::Hit(respond(async_graphql::Response::from_errors(vec![refused]), media));
         }
         metrics::histogram!("taskorch_graphql_request_duration_seconds", "type" => "query", "name" => entry.name.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("taskorch_graphql_cached_answers_total").increment(1);
-        Lookup::Hit(json(entry.body.clone()))
+        Lookup::Hit(media.label(entry.body.clone().into_response()))
     }
 
     /// Keeps the answer of a missed request when its plan allows and it has no errors, and returns the HTTP
     /// response either way.
-    pub fn keep(&self, pending: Pending, resp: async_graphql::Response) -> Response {
+    pub fn keep(&self, pending: Pending, resp: async_graphql::Response, media: Media) -> Response {
         let keepable = resp.is_ok() && resp.http_headers.is_empty() && resp.cache_control.value().is_none();
         let Some((plan, before)) = pending.slot.out.get().filter(|_| keepable) else {
-            return crate::app::respond_single(resp);
+            return respond(resp, media);
         };
         let reads = pending.slot.reads.lock().map(|r| r.clone()).unwrap_or_default();
         let Some(version) = pending.slot.freshness.version_after(plan, before.as_ref(), &reads) else {
-            return crate::app::respond_single(resp);
+            return respond(resp, media);
         };
-        let Ok(body) = serde_json::to_vec(&resp) else { return crate::app::respond_single(resp) };
+        let Ok(body) = serde_json::to_vec(&resp) else { return respond(resp, media) };
         let body = Bytes::from(body);
         if body.len() <= MAX_ENTRY_BYTES
             && let Ok(mut entries) = self.entries.lock()
@@ -321,15 +321,8 @@ impl ResponseCache {
                 entries.bytes -= old.size;
             }
         }
-        json(body)
+        media.label(body.into_response())
     }
-}
-
-/// A GraphQL answer as async-graphql's axum integration sends it.
-fn json(body: Bytes) -> Response {
-    let mut resp = body.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json"));
-    resp
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fanout;
 pub mod graphql;
 pub mod hot;
+pub mod http;
 pub mod metrics;
 pub mod playground;
 pub mod security;

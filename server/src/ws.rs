@@ -10,8 +10,9 @@
 //! (not echoed when the client completed), `pong` for `ping`; closes with 4400 for a message that is not one of the
 //! protocol's, 4401 for `subscribe` before the acknowledgement, 4403 when the init is refused, 4408 without init
 //! within [`INIT_TIMEOUT`], 4409 for a subscription id already in use and 4429 for a second `connection_init`. An
-//! operation that fails before its stream starts (a validation error, a refused credential) is one `next` with the
-//! errors, then `complete`.
+//! operation refused before it runs (syntax, validation, variables, limits) is one `error` message with the list of
+//! its errors, and nothing after it; one that fails as it starts (an unknown workflow, a refused credential) is one
+//! `next` with the errors, then `complete` (what graphql-ws's own server does for a resolver's error).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,8 +60,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Protocol {
     }
 }
 
-/// One GraphQL response, serialised (`{"data":…}`): subscribers that share an execution share its payloads.
+/// One GraphQL response, serialised (`{"data":…}`): subscribers that share an execution share its payloads. An
+/// operation refused before it ran (see [`crate::graphql::request`]) is instead the JSON list of its errors
+/// (`[…]`), sent as the protocol's `error` message.
 pub type Payload = Arc<str>;
+
+/// Whether a payload is the error list of an operation refused before it ran.
+fn refused(payload: &str) -> bool {
+    payload.starts_with('[')
+}
 
 /// Starts a connection's subscription streams.
 pub trait Streams: Send + 'static {
@@ -278,6 +286,13 @@ where
     /// A stream's item as a message. Only live subscriptions' streams yield (see `live`), so no lookup per message.
     fn deliver(&mut self, item: Item, out: &mut Vec<Out>) {
         match item {
+            Item::Next(tag, payload) if refused(&payload) => {
+                // `error` ends the operation: no `complete` follows (its stream is stopped before it ends).
+                if let Some(running) = self.live.remove(&tag.id) {
+                    running.abort();
+                }
+                out.push(text("error", &[("id", &tag.json_id), ("payload", &payload)]));
+            }
             Item::Next(tag, payload) => {
                 let ty = if self.legacy { "data" } else { "next" };
                 out.push(text(ty, &[("id", &tag.json_id), ("payload", &payload)]));

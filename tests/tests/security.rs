@@ -280,12 +280,17 @@ async fn a_repeated_read_is_answered_to_its_caller_alone_and_charged_like_a_call
         .unwrap()
         .to_owned();
     let hot = json!({ "query": "query Hot($id: ID!) { workflow(id: $id) { id status } }", "variables": { "id": id } });
-    let post = |credential: &str| server.http().post(server.graphql_url()).bearer_auth(credential).json(&hot).send();
+    let post_accepting = |credential: &str, accept: &str| {
+        server.http().post(server.graphql_url()).bearer_auth(credential).header("accept", accept).json(&hot).send()
+    };
+    let post = |credential: &str| post_accepting(credential, "application/graphql-response+json");
     let mut answers = Vec::new();
-    for _ in 0..5 {
-        let resp = post(&server.token).await.unwrap();
+    for i in 0..5 {
+        // A kept answer is labelled with the media type each request accepts, like an executed one.
+        let accept = if i == 4 { "application/json" } else { "application/graphql-response+json" };
+        let resp = post_accepting(&server.token, accept).await.unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "application/graphql-response+json");
+        assert_eq!(resp.headers()["content-type"], accept);
         answers.push(resp.json::<Value>().await.unwrap());
     }
     assert_eq!(answers[0]["data"]["workflow"]["status"], "RUNNING", "{}", answers[0]);

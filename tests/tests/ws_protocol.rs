@@ -122,17 +122,47 @@ async fn subscriptions_on_one_connection_stream_independently_and_a_client_compl
     );
 }
 
+/// graphql-transport-ws: an operation refused before it runs is one `error` message with its errors, and nothing
+/// follows it; one that fails as it starts (a resolver's error) is a `next` with the errors, then `complete`.
 #[tokio::test]
-async fn an_invalid_subscription_is_one_next_with_errors_then_complete() {
+async fn a_refused_subscription_is_one_error_message_and_a_failing_one_next_then_complete() {
     let server = Server::start().await;
     let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
     ws.init(&server.token).await;
-    let bad = json!({ "id": "x", "type": "subscribe", "payload": { "query": "subscription { noSuchField }" } });
-    ws.send(bad).await;
+    let cases = [
+        ("subscription { noSuchField }", json!({}), "GRAPHQL_VALIDATION_FAILED", "noSuchField"),
+        (
+            "subscription { workflowEvents(workflowId: \"x\") { sequence }",
+            json!({}),
+            "GRAPHQL_PARSE_FAILED",
+            "Syntax Error",
+        ),
+        (EVENTS, json!({}), "GRAPHQL_VALIDATION_FAILED", "\"$id\" of required type \"ID!\" was not provided"),
+        (
+            "subscription { a: events { sequence } b: events { sequence } }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+            "exactly one top level field",
+        ),
+    ];
+    for (i, (query, variables, code, says)) in cases.into_iter().enumerate() {
+        let id = format!("bad{i}");
+        ws.send(json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } })).await;
+        let v = ws.json().await;
+        assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("error"), Some(id.as_str())), "{query}: {v}");
+        let errors = v["payload"].as_array().unwrap_or_else(|| panic!("an error list: {v}"));
+        assert_eq!(errors[0]["extensions"]["code"], code, "{query}: {v}");
+        assert!(errors[0]["message"].as_str().is_some_and(|m| m.contains(says)), "{query}: {v}");
+        // Nothing more for that id: the next message is the answer to a ping.
+        ws.send(json!({ "type": "ping" })).await;
+        assert_eq!(ws.json().await, json!({ "type": "pong" }), "{query}: no complete after an error");
+    }
+    // The id of a refused operation is free again.
+    ws.send(subscribe("bad0", "00000000-0000-0000-0000-00000000dead")).await;
     let v = ws.json().await;
-    assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("next"), Some("x")));
-    assert!(v["payload"]["errors"][0]["message"].as_str().is_some_and(|m| m.contains("noSuchField")), "{v}");
-    assert_eq!(ws.json().await, json!({ "type": "complete", "id": "x" }));
+    assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("next"), Some("bad0")), "{v}");
+    assert_eq!(v["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{v}");
+    assert_eq!(ws.json().await, json!({ "type": "complete", "id": "bad0" }));
 }
 
 #[tokio::test]

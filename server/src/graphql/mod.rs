@@ -6,6 +6,7 @@ pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod ratelimit;
+pub mod request;
 pub mod subscription;
 pub mod types;
 
@@ -51,6 +52,8 @@ pub fn build_schema(
         .data(engine)
         .data(subscriptions)
         .data(opts.auth)
+        // First, so it codes the parse errors the other extensions leave (the limits turn some into refusals).
+        .extension(request::RequestChecks)
         .extension(crate::metrics::RequestMetrics)
         .extension(crate::hot::PlanExtension)
         // The last extension sees the parsed document first: limits are checked before the call is counted.

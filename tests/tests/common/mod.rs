@@ -503,7 +503,12 @@ pub enum Received {
 
 impl RawWs {
     pub async fn connect(server: &Server, protocol: &str) -> Self {
-        let url = format!("{}/graphql/ws", server.base.replace("http://", "ws://"));
+        Self::connect_to(server, "/graphql/ws", protocol).await
+    }
+
+    /// A connection to another path of the server.
+    pub async fn connect_to(server: &Server, path: &str, protocol: &str) -> Self {
+        let url = format!("{}{path}", server.base.replace("http://", "ws://"));
         let mut req = url.into_client_request().expect("ws request");
         req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
         let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");

@@ -1,0 +1,216 @@
+//! Request errors: what makes a request fail before any resolver runs gets an `extensions.code`, and a request
+//! that names its operation or variables wrongly fails as a whole.
+//!
+//! - A syntax error is `GRAPHQL_PARSE_FAILED`; a document that does not validate against the schema (unknown
+//!   field, wrong argument or variable type…) is `GRAPHQL_VALIDATION_FAILED`.
+//! - The operation is chosen before anything runs: an unknown `operationName`, or several operations and none
+//!   named, is `GRAPHQL_VALIDATION_FAILED`.
+//! - Variables are coerced before anything runs, as the GraphQL spec says: a required (`!`) variable without a
+//!   default that is missing or null fails the request (`GRAPHQL_VALIDATION_FAILED`). async-graphql looked them
+//!   up field by field, so `mutation($id: ID!) { submitWorkflow(…) { id } cancelWorkflow(id: $id) { id } }`
+//!   without `id` submitted the workflow and only then failed.
+//! - A subscription selects exactly one root field (the spec's "single root field" rule).
+//!
+//! Such a response has `data: null` and errors without a `path`; [`is_request_error`] tells it apart, so HTTP can
+//! answer it as a request error and graphql-transport-ws with an `error` message.
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextValidation,
+};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition, OperationType};
+use async_graphql::{Positioned, Request, ServerError, ServerResult, ValidationResult, Value, Variables};
+
+use crate::error::code;
+
+/// The `operationName` of the request, kept for the check after parsing (the parse hook does not receive it).
+struct OperationName(Option<String>);
+
+/// The extension (see the module documentation).
+pub struct RequestChecks;
+
+impl ExtensionFactory for RequestChecks {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(RequestChecks)
+    }
+}
+
+fn coded(mut e: ServerError, code: &'static str) -> ServerError {
+    let ext = e.extensions.get_or_insert_with(Default::default);
+    if ext.get("code").is_none() {
+        ext.set("code", code);
+    }
+    e
+}
+
+fn failed(message: String, pos: Option<async_graphql::Pos>) -> ServerError {
+    coded(ServerError::new(message, pos), code::GRAPHQL_VALIDATION_FAILED)
+}
+
+/// A parser message (`--> 1:14 | … = expected selection`) as one line: `Syntax Error: expected selection`.
+fn syntax_message(message: &str) -> String {
+    match message.rsplit_once("= ") {
+        Some((_, what)) if message.contains("-->") => format!("Syntax Error: {}", what.trim()),
+        _ => message.to_owned(),
+    }
+}
+
+/// The operation a request runs, or why none can be chosen.
+pub fn operation<'d>(
+    doc: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Result<&'d Positioned<OperationDefinition>, ServerError> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), None) => Ok(op),
+        (DocumentOperations::Single(_), Some(name)) => {
+            Err(failed(format!("Unknown operation named \"{name}\": the document's only operation has no name."), None))
+        }
+        (DocumentOperations::Multiple(ops), Some(name)) => {
+            ops.get(name).ok_or_else(|| failed(format!("Unknown operation named \"{name}\"."), None))
+        }
+        (DocumentOperations::Multiple(ops), None) => {
+            let mut all = ops.values();
+            match (all.next(), all.next()) {
+                (Some(op), None) => Ok(op),
+                _ => Err(failed(
+                    "The document has several operations: name the one to run (operationName).".into(),
+                    None,
+                )),
+            }
+        }
+    }
+}
+
+/// The request errors of running `op` with `variables`: required variables missing or null, a subscription with
+/// other than one root field.
+pub fn check_operation(op: &Positioned<OperationDefinition>, variables: &Variables) -> Vec<ServerError> {
+    let mut errors = Vec::new();
+    for def in &op.node.variable_definitions {
+        let def = &def.node;
+        if def.var_type.node.nullable || def.default_value.is_some() {
+            continue;
+        }
+        let (name, ty) = (&def.name.node, &def.var_type.node);
+        match variables.get(name) {
+            None => errors.push(failed(
+                format!("Variable \"${name}\" of required type \"{ty}\" was not provided."),
+                Some(def.name.pos),
+            )),
+            Some(Value::Null) => errors.push(failed(
+                format!("Variable \"${name}\" of non-null type \"{ty}\" must not be null."),
+                Some(def.name.pos),
+            )),
+            Some(_) => {}
+        }
+    }
+    if op.node.ty == OperationType::Subscription && op.node.selection_set.node.items.len() != 1 {
+        errors.push(failed("A subscription must select exactly one top level field.".into(), Some(op.pos)));
+    }
+    errors
+}
+
+/// Whether a response is a request error: nothing was executed (`data` null, no error has a path).
+pub fn is_request_error(resp: &async_graphql::Response) -> bool {
+    resp.data == Value::Null && !resp.errors.is_empty() && resp.errors.iter().all(|e| e.path.is_empty())
+}
+
+#[async_trait::async_trait]
+impl Extension for RequestChecks {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let name = OperationName(request.operation_name.clone());
+        next.run(ctx, request.data(name)).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await.map_err(|mut e| {
+            if e.extensions.as_ref().is_none_or(|x| x.get("code").is_none()) {
+                e.message = syntax_message(&e.message);
+            }
+            coded(e, code::GRAPHQL_PARSE_FAILED)
+        })?;
+        let name = ctx.data_opt::<OperationName>().and_then(|n| n.0.as_deref());
+        let op = operation(&doc, name)?;
+        // One error per request here (async-graphql's hook returns one); the first is what the client fixes first.
+        if let Some(first) = check_operation(op, variables).into_iter().next() {
+            return Err(first);
+        }
+        Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx)
+            .await
+            .map_err(|errors| errors.into_iter().map(|e| coded(e, code::GRAPHQL_VALIDATION_FAILED)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(query: &str, name: Option<&str>, vars: serde_json::Value) -> Vec<String> {
+        let doc = async_graphql::parser::parse_query(query).expect("parses");
+        match operation(&doc, name) {
+            Err(e) => vec![e.message],
+            Ok(op) => check_operation(op, &Variables::from_json(vars)).into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    #[test]
+    fn required_variables_must_be_given_and_not_null_unless_they_have_a_default() {
+        let q = "query($a: ID!, $b: Int! = 3, $c: String) { __typename }";
+        assert_eq!(errors(q, None, serde_json::json!({ "a": "x" })), Vec::<String>::new());
+        assert_eq!(
+            errors(q, None, serde_json::json!({})),
+            ["Variable \"$a\" of required type \"ID!\" was not provided."]
+        );
+        assert_eq!(
+            errors(q, None, serde_json::json!({ "a": null })),
+            ["Variable \"$a\" of non-null type \"ID!\" must not be null."]
+        );
+    }
+
+    #[test]
+    fn the_operation_is_chosen_by_name_or_is_the_only_one() {
+        let two = "query A { __typename } query B { __typename }";
+        assert!(errors(two, Some("B"), serde_json::json!({})).is_empty());
+        assert_eq!(errors(two, Some("C"), serde_json::json!({})), ["Unknown operation named \"C\"."]);
+        assert!(errors(two, None, serde_json::json!({}))[0].contains("several operations"));
+        assert!(errors("query A { __typename }", None, serde_json::json!({})).is_empty());
+        assert!(errors("{ __typename }", Some("A"), serde_json::json!({}))[0].starts_with("Unknown operation"));
+    }
+
+    #[test]
+    fn a_subscription_selects_one_root_field() {
+        let one = "subscription { events { sequence } }";
+        assert!(errors(one, None, serde_json::json!({})).is_empty());
+        let two = "subscription { a: events { sequence } b: events { sequence } }";
+        assert_eq!(
+            errors(two, None, serde_json::json!({})),
+            ["A subscription must select exactly one top level field."]
+        );
+    }
+
+    #[test]
+    fn parser_messages_become_one_line() {
+        let err = async_graphql::parser::parse_query("{ me { role }").expect_err("unbalanced");
+        let message = syntax_message(&err.to_string());
+        assert!(message.starts_with("Syntax Error: ") && !message.contains('\n'), "{message}");
+    }
+}
