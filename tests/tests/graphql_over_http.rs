@@ -98,6 +98,10 @@ async fn request_errors_carry_codes_and_the_status_of_the_accepted_media_type() 
         assert_eq!((status, ty.as_str()), (200, "application/json"), "{request}: {json_body}");
         assert_eq!(json_body, body, "the same answer in either media type");
     }
+    // An empty operationName names none (the document's only operation runs).
+    let (status, _, body) =
+        post(&server, GQL_RESPONSE, json!({ "query": "{ __typename }", "operationName": "" })).await;
+    assert_eq!((status, &body["data"]), (200, &json!({ "__typename": "QueryRoot" })), "{body}");
     // The operation named is the one that runs.
     let (status, _, body) = post(
         &server,

@@ -120,9 +120,11 @@ impl Extension for RequestChecks {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        request: Request,
+        mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        // `"operationName": ""` names no operation (some clients send it for an anonymous one).
+        request.operation_name = request.operation_name.filter(|n| !n.is_empty());
         let name = OperationName(request.operation_name.clone());
         next.run(ctx, request.data(name)).await
     }
