@@ -220,6 +220,16 @@ impl Engine {
         Ok(record)
     }
 
+    /// The workflow as of its event `sequence` or later: the cached copy when it is that new, else the database's.
+    /// A cached copy trails the log between a commit and the publication of its events (which marks it stale), so
+    /// whoever has read an event from the log asks for at least that event's state.
+    pub async fn workflow_since(&self, id: WorkflowId, sequence: i64) -> Result<Option<WorkflowRecord>, Error> {
+        match self.workflow(id).await? {
+            Some(cached) if cached.last_sequence < sequence => self.inner.store.workflow(id).await,
+            other => Ok(other),
+        }
+    }
+
     /// The shared read cache, when there is one (authentication keeps API key rows under its key generation).
     pub fn shared_cache(&self) -> Option<Arc<dyn ReadCache>> {
         self.inner.cache.is_shared().then(|| self.inner.cache.clone())

@@ -50,9 +50,16 @@ async fn until(sub: &mut Subscription, seen: &mut Vec<Value>, ty: &str, key: Opt
     }
 }
 
-async fn rest(sub: &mut Subscription, seen: &mut Vec<Value>) {
-    let more = tokio::time::timeout(MINUTE, sub.collect_until_complete()).await.expect("completes");
-    seen.extend(more.into_iter().map(|v| v["workflowEvents"].clone()));
+/// The rest of the stream of workflow `id`, until the server completes it (within a minute).
+async fn rest(server: &Server, id: &str, sub: &mut Subscription, seen: &mut Vec<Value>) {
+    match tokio::time::timeout(MINUTE, sub.collect_until_complete()).await {
+        Ok(more) => seen.extend(more.into_iter().map(|v| v["workflowEvents"].clone())),
+        Err(_) => panic!(
+            "the stream did not complete within a minute; it gave {:?}; the workflow is now {}",
+            keyed(seen),
+            server.state(id).await
+        ),
+    }
 }
 
 #[tokio::test]
@@ -185,7 +192,7 @@ async fn a_failed_compensation_resumes_with_retry_workflow() {
     // Subscribing after the mutation: the log replays what already happened, the rest streams live.
     let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let mut seen = Vec::new();
-    rest(&mut sub, &mut seen).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
     assert_eq!(
         keyed(&seen),
         vec!["WORKFLOW_RESUMED", "TASK_COMPENSATING a", "TASK_COMPENSATED a", "WORKFLOW_COMPENSATED"]
@@ -209,7 +216,7 @@ async fn cancel_mid_run_stops_the_running_task_and_nothing_else_starts() {
     let t = std::time::Instant::now();
     let data = server.data("mutation($id: ID!) { cancelWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["cancelWorkflow"]["status"], "CANCELLED");
-    rest(&mut sub, &mut seen).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(
         keyed(&seen),
@@ -275,7 +282,7 @@ async fn pause_lets_running_tasks_finish_and_dispatches_nothing_until_resume() {
     assert_eq!(server.workflow(&id).await["tasks"][1]["status"], "QUEUED");
     let data = server.data("mutation($id: ID!) { resumeWorkflow(id: $id) { status } }", json!({ "id": id })).await;
     assert_eq!(data["resumeWorkflow"]["status"], "RUNNING");
-    rest(&mut sub, &mut seen).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
     assert_eq!(
         keyed(&seen),
         vec![
@@ -311,7 +318,7 @@ async fn retry_workflow_reruns_failed_and_downstream_and_keeps_completed_results
     assert_eq!(data["retryWorkflow"]["status"], "RUNNING");
     let mut sub = server.subscribe(EVENTS, json!({ "id": id, "after": first.len() })).await;
     let mut seen = Vec::new();
-    rest(&mut sub, &mut seen).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
     assert_eq!(
         keyed(&seen),
         vec![
@@ -363,8 +370,8 @@ async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
     }
     let mut late = server.subscribe(EVENTS, json!({ "id": id, "after": 5 })).await;
     let mut tail = Vec::new();
-    rest(&mut late, &mut tail).await;
-    rest(&mut early, &mut first).await;
+    rest(&server, &id, &mut late, &mut tail).await;
+    rest(&server, &id, &mut early, &mut first).await;
     assert_eq!(tail.first().unwrap()["sequence"], 6);
     common::assert_gapless(&tail, 6);
     assert_eq!(tail, first[5..].to_vec(), "the late subscriber saw exactly the rest");
@@ -389,8 +396,8 @@ async fn identical_subscriptions_opened_at_different_times_each_get_the_whole_st
     until(&mut second, &mut seen_second, "TASK_COMPLETED", Some("t3")).await;
     let mut third = server.subscribe(EVENTS, json!({ "id": id })).await;
     let (mut seen_third, mut more) = (Vec::new(), Vec::new());
-    rest(&mut third, &mut seen_third).await;
-    rest(&mut second, &mut more).await;
+    rest(&server, &id, &mut third, &mut seen_third).await;
+    rest(&server, &id, &mut second, &mut more).await;
     seen_second.extend(more);
     for seen in [&seen_second, &seen_third] {
         common::assert_gapless(seen, 1);
@@ -411,7 +418,7 @@ async fn a_subscribe_message_far_larger_than_the_read_buffer_arrives_whole() {
     let query = format!("{EVENTS}\n# {comment}\n");
     let mut sub = server.subscribe(&query, json!({ "id": id })).await;
     let mut seen = Vec::new();
-    rest(&mut sub, &mut seen).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
     common::assert_gapless(&seen, 1);
     assert_eq!(seen.last().unwrap()["type"], "WORKFLOW_COMPLETED");
     assert_eq!(seen.len(), server.events(&id).await.len(), "every stored event");

@@ -317,17 +317,18 @@ impl Server {
             .await;
         match tokio::time::timeout(timeout, sub.collect_until_complete()).await {
             Ok(events) => events.into_iter().map(|e| e["workflowEvents"].clone()).collect(),
-            Err(_) => {
-                let state = self
-                    .gql(
-                        "query($id: ID!) { workflow(id: $id) { status tasks { key status attempts error } \
-                         events { sequence type taskKey } } }",
-                        json!({ "id": id }),
-                    )
-                    .await;
-                panic!("workflow {id} did not finish within {timeout:?}; it is now: {state}")
-            }
+            Err(_) => panic!("workflow {id} did not finish within {timeout:?}; it is now: {}", self.state(id).await),
         }
+    }
+
+    /// The workflow's status, tasks and event log, for a failing test to show.
+    pub async fn state(&self, id: &str) -> Value {
+        self.gql(
+            "query($id: ID!) { workflow(id: $id) { status tasks { key status attempts error } \
+             events { sequence type taskKey } } }",
+            json!({ "id": id }),
+        )
+        .await
     }
 
     /// Starts a separate worker process on this server's database.

@@ -245,17 +245,31 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
         match engine.heartbeat(&snapshot).await {
             Ok(lost) => {
                 if let Ok(h) = held.lock() {
-                    for id in lost {
-                        if let Some(a) = h.get(&id) {
-                            tracing::info!(task.id = %id, "attempt no longer holds its task; cancelling it");
-                            a.lost.cancel();
-                        }
+                    for a in lost_attempts(&h, &snapshot, &lost) {
+                        tracing::info!(task.key = %a.key, "attempt no longer holds its task; cancelling it");
+                        a.lost.cancel();
                     }
                 }
             }
             Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
         }
     }
+}
+
+/// The held attempts a heartbeat found lost: only those it asked about. While it was in flight, the attempt it
+/// asked about may have ended and a later attempt of the same task (a retry, or a compensation run again by
+/// `retryWorkflow`) started here; that one holds its task and goes on.
+fn lost_attempts<'a>(
+    held: &'a HashMap<TaskId, HeldAttempt>,
+    asked: &[(TaskId, Phase, i32)],
+    lost: &[TaskId],
+) -> Vec<&'a HeldAttempt> {
+    lost.iter()
+        .filter_map(|id| {
+            let (_, phase, attempt) = asked.iter().find(|(asked_id, _, _)| asked_id == id)?;
+            held.get(id).filter(|a| a.phase == *phase && a.attempt == *attempt)
+        })
+        .collect()
 }
 
 /// Stops running attempts as soon as their task is cancelled (workflow cancelled or compensating), instead of
@@ -284,5 +298,35 @@ async fn run_cancel_signals(engine: Engine, held: Held, stop: CancellationToken)
                 a.lost.cancel();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(phase: Phase, attempt: i32) -> HeldAttempt {
+        HeldAttempt {
+            phase,
+            attempt,
+            claimed: true,
+            lost: CancellationToken::new(),
+            workflow_id: taskorch_domain::WorkflowId(uuid::Uuid::nil()),
+            key: "a".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_stops_only_the_attempt_it_was_about() {
+        let (ended, running) = (TaskId(uuid::Uuid::new_v4()), TaskId(uuid::Uuid::new_v4()));
+        let asked = [(ended, Phase::Compensate, 1), (running, Phase::Run, 2)];
+        let mut held = HashMap::new();
+        // `ended`'s compensation failed while the heartbeat was in flight and was run again (attempt 2).
+        held.insert(ended, attempt(Phase::Compensate, 2));
+        held.insert(running, attempt(Phase::Run, 2));
+        assert!(lost_attempts(&held, &asked, &[ended]).is_empty());
+        let lost = lost_attempts(&held, &asked, &[running]);
+        assert_eq!(lost.iter().map(|a| (a.phase, a.attempt)).collect::<Vec<_>>(), vec![(Phase::Run, 2)]);
+        assert!(lost_attempts(&held, &asked, &[TaskId(uuid::Uuid::new_v4())]).is_empty());
     }
 }

@@ -61,6 +61,7 @@ impl EventSubscription {
         let guard = ctx.data::<ActiveSubscriptions>()?.enter();
         Ok(async_stream::stream! {
             let _guard = guard;
+            let mut last_type = None;
             'outer: loop {
                 // Catch up from the log.
                 loop {
@@ -69,6 +70,7 @@ impl EventSubscription {
                     let mut completed = false;
                     for e in page {
                         last = e.sequence;
+                        last_type = Some(e.event_type);
                         completed |= e.event_type == taskorch_domain::EventType::WorkflowCompleted;
                         yield Ok(WorkflowEvent::from(e));
                     }
@@ -79,7 +81,7 @@ impl EventSubscription {
                         break;
                     }
                 }
-                if is_finished(&engine, id).await {
+                if is_finished(&engine, id, last).await {
                     // Drain what committed between the read above and the status check.
                     if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
                         for e in rest {
@@ -93,6 +95,8 @@ impl EventSubscription {
                 let quiet = tokio::time::sleep(LOG_POLL);
                 tokio::pin!(quiet);
                 let mut heard = tokio::time::Instant::now();
+                // The last event read may have been the final one (the status check said the workflow goes on).
+                let mut maybe_final = last_type.is_some_and(possibly_final);
                 loop {
                     // Events committed by another process reach this one only through a shared bus; without
                     // one, a quiet period falls back to reading the log.
@@ -112,6 +116,16 @@ impl EventSubscription {
                             if hub.newest(id).is_none_or(|n| n > last) {
                                 continue 'outer;
                             }
+                            // Quiet after what may have been the final event: the database has the last word.
+                            if maybe_final && finished_in_store(&engine, id).await {
+                                if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
+                                    for e in rest {
+                                        yield Ok(WorkflowEvent::from(e));
+                                    }
+                                }
+                                break 'outer;
+                            }
+                            maybe_final = false;
                             heard = tokio::time::Instant::now();
                         }
                         quiet.as_mut().reset(heard + LOG_POLL);
@@ -128,13 +142,14 @@ impl EventSubscription {
                             }
                             last = e.sequence;
                             let event_type = e.event_type;
-                            let terminal = event_type.is_terminal() || event_type == taskorch_domain::EventType::TaskCompensationFailed;
+                            let terminal = possibly_final(event_type);
                             yield Ok(WorkflowEvent::from(e));
                             if event_type == taskorch_domain::EventType::WorkflowCompleted {
                                 // Final for good, and always the last event of its commit: nothing to read.
                                 break 'outer;
                             }
-                            if terminal && is_finished(&engine, id).await {
+                            maybe_final = terminal;
+                            if terminal && is_finished(&engine, id, last).await {
                                 // Events of the same commit may follow the terminal one in the log.
                                 if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
                                     for e in rest {
@@ -200,8 +215,21 @@ impl EventSubscription {
     }
 }
 
-async fn is_finished(engine: &Engine, id: taskorch_domain::WorkflowId) -> bool {
-    match engine.workflow(id).await {
+/// Whether a workflow may have ended with this event: a terminal one, or a compensation failing for good (the saga
+/// ends with it when no other compensation runs).
+fn possibly_final(event_type: taskorch_domain::EventType) -> bool {
+    event_type.is_terminal() || event_type == taskorch_domain::EventType::TaskCompensationFailed
+}
+
+/// Whether the workflow has ended, as its row in the database says now.
+async fn finished_in_store(engine: &Engine, id: taskorch_domain::WorkflowId) -> bool {
+    engine.store().workflow(id).await.ok().flatten().is_none_or(|w| w.status.is_terminal())
+}
+
+/// Whether the workflow has ended, judged on a state no older than event `seen` (the stream has already read it from
+/// the log: a cached state from before it would keep the stream open after the final event).
+async fn is_finished(engine: &Engine, id: taskorch_domain::WorkflowId, seen: i64) -> bool {
+    match engine.workflow_since(id, seen).await {
         Ok(Some(w)) => w.status.is_terminal(),
         _ => true,
     }
