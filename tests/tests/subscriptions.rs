@@ -201,6 +201,29 @@ async fn a_failed_compensation_resumes_with_retry_workflow() {
     assert_eq!(server.workflow(&id).await["status"], "COMPENSATED");
 }
 
+/// A saga fails without an event of its own: here with the compensation still running when the other one failed
+/// for good. A live subscriber's stream still completes after that last event.
+#[tokio::test]
+async fn a_stream_completes_when_the_saga_fails_with_a_compensation_that_succeeds() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({ "name": "comp-parallel", "tasks": [
+            { "key": "x", "kind": "noop", "compensation": { "kind": "fail", "retry": { "maxAttempts": 1 } } },
+            { "key": "y", "kind": "noop", "compensation": { "kind": "sleep", "payload": { "ms": 1500 } } },
+            { "key": "z", "kind": "fail", "dependsOn": ["x", "y"], "retry": { "maxAttempts": 1 } },
+        ] }))
+        .await;
+    let mut sub = server.subscribe(EVENTS, json!({ "id": id })).await;
+    let mut seen = Vec::new();
+    // Live from here on: y's compensation is still sleeping.
+    until(&mut sub, &mut seen, "TASK_COMPENSATION_FAILED", Some("x")).await;
+    rest(&server, &id, &mut sub, &mut seen).await;
+    let keyed = keyed(&seen);
+    assert_eq!(keyed.last().map(String::as_str), Some("TASK_COMPENSATED y"), "{keyed:?}");
+    assert_eq!(server.workflow(&id).await["status"], "COMPENSATION_FAILED");
+    common::assert_gapless(&seen, 1);
+}
+
 #[tokio::test]
 async fn cancel_mid_run_stops_the_running_task_and_nothing_else_starts() {
     let server = Server::start().await;

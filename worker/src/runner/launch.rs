@@ -71,10 +71,14 @@ impl Launcher {
         let (continues, workflow_id) = (task.has_dependents, task.workflow_id);
         tokio::spawn(
             async move {
-                let id = task.task_id;
+                let (id, phase, attempt) = (task.task_id, task.phase, task.attempt);
                 let claim = LateClaimAfter { claimer: late, after: claim_after, held: held.clone() };
                 let outcome = execute(task, &registry, lost.clone(), abort, claim).await;
-                if let Ok(mut h) = held.lock() {
+                // Only this attempt's entry: a later attempt of the task may have started here meanwhile (this one
+                // was reaped as lost, and the task retried).
+                if let Ok(mut h) = held.lock()
+                    && h.get(&id).is_some_and(|a| a.phase == phase && a.attempt == attempt)
+                {
                     h.remove(&id);
                 }
                 // A lost attempt's result is not reported: the store would refuse it anyway.

@@ -142,6 +142,7 @@ impl EventSubscription {
                             }
                             last = e.sequence;
                             let event_type = e.event_type;
+                            last_type = Some(event_type);
                             let terminal = possibly_final(event_type);
                             yield Ok(WorkflowEvent::from(e));
                             if event_type == taskorch_domain::EventType::WorkflowCompleted {
@@ -215,10 +216,12 @@ impl EventSubscription {
     }
 }
 
-/// Whether a workflow may have ended with this event: a terminal one, or a compensation failing for good (the saga
-/// ends with it when no other compensation runs).
+/// Whether a workflow may have ended with this event: a terminal one, or the end of a compensation. A saga that
+/// fails ends the workflow COMPENSATION_FAILED without an event of its own, with the last compensation that ends:
+/// the one failing for good, or one completing after another one failed for good.
 fn possibly_final(event_type: taskorch_domain::EventType) -> bool {
-    event_type.is_terminal() || event_type == taskorch_domain::EventType::TaskCompensationFailed
+    use taskorch_domain::EventType::{TaskCompensated, TaskCompensationFailed};
+    event_type.is_terminal() || matches!(event_type, TaskCompensationFailed | TaskCompensated)
 }
 
 /// Whether the workflow has ended, as its row in the database says now.
