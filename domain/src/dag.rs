@@ -145,6 +145,8 @@ pub enum Error {
     InvalidKind { key: String },
     #[error("task `{key}` depends on itself")]
     SelfDependency { key: String },
+    #[error("task `{key}` lists its dependency `{dependency}` more than once")]
+    RepeatedDependency { key: String, dependency: String },
     #[error("task `{key}` depends on `{dependency}`, which is not a task of this workflow")]
     UnknownDependency { key: String, dependency: String },
     #[error("the dependencies form a cycle: {}", path.join(" -> "))]
@@ -159,6 +161,8 @@ pub enum Error {
     InvalidRetry { key: String, source: crate::retry::Error },
     #[error("idempotency keys are 1 to 256 characters")]
     InvalidIdempotencyKey,
+    #[error("task `{key}`: idempotency keys are 1 to 256 characters")]
+    InvalidTaskIdempotencyKey { key: String },
 }
 
 /// Whether `key` is 1–128 characters of `[A-Za-z0-9_.-]`.
@@ -227,6 +231,9 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
         {
             return Err(Error::InvalidKind { key: task.key.clone() });
         }
+        if task.config.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+            return Err(Error::InvalidTaskIdempotencyKey { key: task.key.clone() });
+        }
         if index.insert(task.key.as_str(), i).is_some() {
             return Err(Error::DuplicateKey { key: task.key.clone() });
         }
@@ -244,9 +251,11 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
             }
             match index.get(dep.as_str()) {
                 Some(&j) => {
-                    if !mine.contains(&j) {
-                        mine.push(j);
+                    // Counted once it would be waited for twice and never start: refused, like a repeated key.
+                    if mine.contains(&j) {
+                        return Err(Error::RepeatedDependency { key: task.key.clone(), dependency: dep.clone() });
                     }
+                    mine.push(j);
                 }
                 None => {
                     return Err(Error::UnknownDependency { key: task.key.clone(), dependency: dep.clone() });
@@ -381,6 +390,21 @@ mod tests {
                 Error::UnknownDependency { key: "a".into(), dependency: "zz".into() },
             ),
             (vec![TaskSpec::new("a", "noop"), TaskSpec::new("a", "echo")], Error::DuplicateKey { key: "a".into() }),
+            (
+                vec![
+                    TaskSpec::new("a", "noop"),
+                    TaskSpec::new("c", "noop"),
+                    TaskSpec::new("b", "noop").after(&["a", "c", "a"]),
+                ],
+                Error::RepeatedDependency { key: "b".into(), dependency: "a".into() },
+            ),
+            (
+                vec![TaskSpec {
+                    config: TaskConfig { idempotency_key: Some(String::new()), ..TaskConfig::default() },
+                    ..TaskSpec::new("a", "noop")
+                }],
+                Error::InvalidTaskIdempotencyKey { key: "a".into() },
+            ),
             (vec![TaskSpec::new("bad key", "noop")], Error::InvalidKey { key: "bad key".into() }),
             (vec![TaskSpec::new("", "noop")], Error::InvalidKey { key: String::new() }),
             (vec![TaskSpec::new(long.clone(), "noop")], Error::InvalidKey { key: long }),

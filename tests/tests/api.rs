@@ -135,6 +135,8 @@ async fn every_bad_input_has_its_code_and_writes_nothing() {
         (json!([t("a", &["a"])]), "VALIDATION_FAILED", "depends on itself"),
         (json!([t("a", &["ghost"])]), "VALIDATION_FAILED", "ghost"),
         (json!([t("a", &[]), t("a", &[])]), "VALIDATION_FAILED", "more than once"),
+        (json!([t("a", &[]), t("b", &["a", "a"])]), "VALIDATION_FAILED", "dependency `a` more than once"),
+        (json!([{ "key": "a", "kind": "noop", "idempotencyKey": "" }]), "VALIDATION_FAILED", "idempotency keys"),
         (json!([]), "VALIDATION_FAILED", "at least one task"),
         (json!((0..6).map(|i| t(&format!("t{i}"), &[])).collect::<Vec<_>>()), "VALIDATION_FAILED", "at most 5"),
         (

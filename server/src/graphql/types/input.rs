@@ -24,7 +24,7 @@ pub struct TaskInput {
     pub kind: String,
     /// Input of the handler.
     pub payload: Option<Json<serde_json::Value>>,
-    /// Keys of the tasks that must complete first.
+    /// Keys of the tasks that must complete first, each once.
     pub depends_on: Option<Vec<String>>,
     /// Retry policy (defaults: 3 attempts, 1 s initial delay, ×2, capped at 60 s, jitter on).
     pub retry: Option<RetryPolicyInput>,
@@ -32,7 +32,7 @@ pub struct TaskInput {
     pub timeout_ms: Option<i64>,
     /// 0–9, higher first (default 5).
     pub priority: Option<i64>,
-    /// Handed to the handler to de-duplicate side effects.
+    /// Handed to the handler to de-duplicate side effects (1–256 characters).
     pub idempotency_key: Option<String>,
     /// Run when a later task fails for good (saga).
     pub compensation: Option<CompensationInput>,
