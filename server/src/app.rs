@@ -175,6 +175,18 @@ fn body_limit_error(resp: Response, max: usize) -> Response {
     (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
+/// Whether reading the body stopped at the body size limit (tower-http's `RequestBodyLimitLayer`).
+fn over_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// The client's address, when the server was started with connection info.
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -209,6 +221,10 @@ async fn graphql_post(
     let media = Media::accepted(&headers);
     let req = match req {
         Ok(req) => req.into_inner(),
+        // A body without a declared length (chunked) runs into the limit while it is read.
+        Err(rejection) if over_body_limit(&rejection.0) => {
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response(); // given its body by `body_limit_error`
+        }
         Err(rejection) => {
             return http::bad_request(
                 format!("the body is not a GraphQL request ({{\"query\": …}} or a list of them): {}", rejection.0),
@@ -223,9 +239,8 @@ async fn graphql_post(
         }
         BatchRequest::Single(req) => execute_single(&state, req, caller, media).await,
         BatchRequest::Batch(reqs) if reqs.is_empty() => http::bad_request("the batch is empty".into(), media),
-        BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => http::error_body(
-            StatusCode::BAD_REQUEST,
-            code::LIMIT_EXCEEDED,
+        BatchRequest::Batch(reqs) if reqs.len() > state.max_batch => http::limit_error(
+            ("max batch size", state.max_batch, reqs.len()),
             format!(
                 "the batch has {} operations, over the max batch size limit of {} (set by TASKORCH_MAX_BATCH)",
                 reqs.len(),

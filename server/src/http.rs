@@ -60,6 +60,14 @@ pub fn error_body(status: StatusCode, code: &str, message: String, media: Media)
     media.label((status, axum::Json(body)).into_response())
 }
 
+/// A request over one of the limits (400 `LIMIT_EXCEEDED`), naming it like the document limits do: `(limit, max,
+/// actual)`.
+pub fn limit_error((limit, max, actual): (&str, usize, usize), message: String, media: Media) -> Response {
+    let extensions = serde_json::json!({ "code": code::LIMIT_EXCEEDED, "limit": limit, "max": max, "actual": actual });
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
+    media.label((StatusCode::BAD_REQUEST, axum::Json(body)).into_response())
+}
+
 /// A request that is not a GraphQL request (400 `BAD_REQUEST`).
 pub fn bad_request(message: String, media: Media) -> Response {
     error_body(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message, media)

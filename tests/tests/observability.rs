@@ -44,6 +44,9 @@ async fn metrics_count_executions_by_kind_and_outcome() {
     assert_eq!(get("taskorch_task_duration_seconds_count", &[("kind", "fail")]), 2.0);
     assert_eq!(get("taskorch_task_queue_wait_seconds_count", &[("kind", "noop")]), 2.0);
     assert_eq!(get("taskorch_task_retries_total", &[]), 1.0);
+    // Known series are there before their first occurrence.
+    assert_eq!(get("taskorch_lease_expiries_total", &[]), 0.0);
+    assert_eq!(get("taskorch_compensations_total", &[("outcome", "failed")]), 0.0);
     assert_eq!(get("taskorch_tasks", &[("status", "COMPLETED")]), 3.0);
     assert_eq!(get("taskorch_dispatch_backlog", &[]), 0.0);
     assert!(get("taskorch_graphql_request_duration_seconds_count", &[("type", "mutation")]) >= 1.0);
@@ -98,9 +101,47 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
     )
     .await;
     tokio::time::timeout(Duration::from_secs(60), sub.collect_until_complete()).await.unwrap();
+    // A running attempt stopped by a cancellation is logged outside its span, with the same ids.
+    let gql = |query: &'static str, variables: Value| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let body = json!({ "query": query, "variables": variables });
+            let resp = http.post(format!("{base}/graphql")).bearer_auth(&token).json(&body).send().await.unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let submitted = gql(
+        "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }",
+        json!({ "i": { "name": "stopped", "tasks": [{ "key": "slow", "kind": "sleep", "payload": { "ms": 30000 } }] } }),
+    )
+    .await;
+    let slow = submitted["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
+    let mut sub = Subscription::open(
+        &base.replace("http://", "ws://"),
+        Some(&token),
+        "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
+        json!({ "id": slow }),
+    )
+    .await;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.unwrap().expect("open");
+        if event["workflowEvents"]["type"] == "TASK_STARTED" {
+            break;
+        }
+    }
+    gql("mutation($id: ID!) { cancelWorkflow(id: $id) { status } }", json!({ "id": slow })).await;
+    tokio::time::timeout(Duration::from_secs(60), sub.collect_until_complete()).await.unwrap();
+    let stopped = |text: &str| text.contains("task cancelled; stopping its attempt");
+    for _ in 0..100 {
+        if stopped(&std::fs::read_to_string(&log).unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(stopped(&text), "the stop is logged:\n{text}");
     assert!(!text.contains("4111-SECRET-PAYLOAD"), "a payload reached the logs");
     let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(!lines.is_empty(), "no JSON log lines:\n{text}");
@@ -110,6 +151,13 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
         let span = &l["span"];
         assert_eq!(span["workflow.id"], id.as_str(), "{l}");
         assert!(span["task.id"].is_string() && span["task.kind"].is_string() && span["attempt"].is_number(), "{l}");
+    }
+    // Lines about one task outside its span carry the ids themselves.
+    let outside: Vec<&Value> = lines.iter().filter(|l| l["task.key"].is_string()).collect();
+    assert!(!outside.is_empty(), "{text}");
+    for l in outside {
+        assert!(l["workflow.id"].is_string() && l["task.id"].is_string(), "{l}");
+        assert!(l["task.kind"].is_string() && l["attempt"].is_number(), "{l}");
     }
 }
 

@@ -392,6 +392,8 @@ async fn oversized_documents_are_refused_by_name_and_the_server_carries_on() {
     let batch: Vec<Value> = (0..11).map(|_| json!({ "query": "{ __typename }" })).collect();
     let body: Value = server.http().post(server.graphql_url()).json(&batch).send().await.unwrap().json().await.unwrap();
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("max batch size"), "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "max batch size", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["max"], 10, "{body}");
     let small: Vec<Value> = (0..2).map(|_| json!({ "query": "{ me { role } }" })).collect();
     let body: Value = server.http().post(server.graphql_url()).json(&small).send().await.unwrap().json().await.unwrap();
     assert_eq!(body, json!([{ "data": { "me": { "role": "ADMIN" } } }, { "data": { "me": { "role": "ADMIN" } } }]));
@@ -634,4 +636,30 @@ async fn logins_do_not_pile_up_memory() {
     let after = server.rss_kib();
     // Each login's argon2id hash takes a 19 MiB block; a block kept by the allocator would show here.
     assert!(after < before + 12 * 1024, "RSS grew from {before} KiB to {after} KiB over 10 logins");
+}
+
+/// A body sent without a declared length (chunked) is refused with the named limit too, once it passes it.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused_with_the_named_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start_with(env(&[("TASKORCH_MAX_BODY_BYTES", "65536")])).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let pad = "x".repeat(100 * 1024);
+    let json = json!({ "query": "{ __typename }", "variables": { "pad": pad } }).to_string();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n",
+        json.len()
+    );
+    let request = [head.as_bytes(), json.as_bytes(), b"\r\n0\r\n\r\n"].concat();
+    // The server may answer (and stop reading) before the whole body is written.
+    let _ = tcp.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).expect("a JSON body");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "max body size", "{body}");
 }

@@ -10,8 +10,16 @@ const SECONDS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// Installs the process-wide recorder (histograms with fixed buckets). Returns `None` if one is installed already.
+/// Counters whose series are known in advance are there from the start, at 0: an alert on their rate, or a scrape
+/// after a clean run, finds them before the first occurrence.
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    PrometheusBuilder::new().set_buckets(SECONDS).ok()?.install_recorder().ok()
+    let handle = PrometheusBuilder::new().set_buckets(SECONDS).ok()?.install_recorder().ok()?;
+    metrics::counter!("taskorch_lease_expiries_total").increment(0);
+    metrics::counter!("taskorch_task_retries_total").increment(0);
+    for outcome in ["compensated", "failed"] {
+        metrics::counter!("taskorch_compensations_total", "outcome" => outcome).increment(0);
+    }
+    Some(handle)
 }
 
 /// The Prometheus text of this process: recorded metrics plus gauges read now.

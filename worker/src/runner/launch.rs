@@ -53,6 +53,7 @@ impl Launcher {
                     lost: lost.clone(),
                     workflow_id: task.workflow_id,
                     key: task.key.clone(),
+                    kind: task.kind.clone(),
                 },
             );
         }

@@ -64,6 +64,17 @@ struct HeldAttempt {
     lost: CancellationToken,
     workflow_id: taskorch_domain::WorkflowId,
     key: String,
+    kind: String,
+}
+
+impl HeldAttempt {
+    /// Logs `message` about this attempt of task `id` with the ids every task log line carries.
+    fn log(&self, id: TaskId, message: &str) {
+        tracing::info!(
+            workflow.id = %self.workflow_id, task.id = %id, task.kind = %self.kind, attempt = self.attempt,
+            task.key = %self.key, "{message}"
+        );
+    }
 }
 
 /// Runs the dispatcher and reaper of this process plus a worker over an in-process queue (the embedded mode,
@@ -245,8 +256,8 @@ async fn run_heartbeat(engine: Engine, held: Held, period: Duration, stop: Cance
         match engine.heartbeat(&snapshot).await {
             Ok(lost) => {
                 if let Ok(h) = held.lock() {
-                    for a in lost_attempts(&h, &snapshot, &lost) {
-                        tracing::info!(task.key = %a.key, "attempt no longer holds its task; cancelling it");
+                    for (id, a) in lost_attempts(&h, &snapshot, &lost) {
+                        a.log(id, "attempt no longer holds its task; cancelling it");
                         a.lost.cancel();
                     }
                 }
@@ -263,11 +274,11 @@ fn lost_attempts<'a>(
     held: &'a HashMap<TaskId, HeldAttempt>,
     asked: &[(TaskId, Phase, i32)],
     lost: &[TaskId],
-) -> Vec<&'a HeldAttempt> {
+) -> Vec<(TaskId, &'a HeldAttempt)> {
     lost.iter()
         .filter_map(|id| {
             let (_, phase, attempt) = asked.iter().find(|(asked_id, _, _)| asked_id == id)?;
-            held.get(id).filter(|a| a.phase == *phase && a.attempt == *attempt)
+            held.get(id).filter(|a| a.phase == *phase && a.attempt == *attempt).map(|a| (*id, a))
         })
         .collect()
 }
@@ -293,8 +304,8 @@ async fn run_cancel_signals(engine: Engine, held: Held, stop: CancellationToken)
             continue;
         };
         if let Ok(h) = held.lock() {
-            for a in h.values().filter(|a| a.workflow_id == event.workflow_id && a.key == key) {
-                tracing::info!(workflow.id = %a.workflow_id, task.key = %a.key, "task cancelled; stopping its attempt");
+            for (id, a) in h.iter().filter(|(_, a)| a.workflow_id == event.workflow_id && a.key == key) {
+                a.log(*id, "task cancelled; stopping its attempt");
                 a.lost.cancel();
             }
         }
@@ -313,6 +324,7 @@ mod tests {
             lost: CancellationToken::new(),
             workflow_id: taskorch_domain::WorkflowId(uuid::Uuid::nil()),
             key: "a".into(),
+            kind: "noop".into(),
         }
     }
 
@@ -326,7 +338,10 @@ mod tests {
         held.insert(running, attempt(Phase::Run, 2));
         assert!(lost_attempts(&held, &asked, &[ended]).is_empty());
         let lost = lost_attempts(&held, &asked, &[running]);
-        assert_eq!(lost.iter().map(|a| (a.phase, a.attempt)).collect::<Vec<_>>(), vec![(Phase::Run, 2)]);
+        assert_eq!(
+            lost.iter().map(|(id, a)| (*id, a.phase, a.attempt)).collect::<Vec<_>>(),
+            vec![(running, Phase::Run, 2)]
+        );
         assert!(lost_attempts(&held, &asked, &[TaskId(uuid::Uuid::new_v4())]).is_empty());
     }
 }
