@@ -50,6 +50,10 @@ pub struct SecurityConfig {
     /// Most fields in one operation (fragments expanded).
     #[arg(long, env = "TASKORCH_MAX_COMPLEXITY", default_value_t = 5000, global = true)]
     pub max_complexity: usize,
+    /// Most field values one operation may resolve, estimated: every field counts once per item of the lists
+    /// around it whose size the query sets (`workflows(first:)`, 20 by default).
+    #[arg(long, env = "TASKORCH_MAX_COST", default_value_t = 100_000, global = true)]
+    pub max_cost: usize,
     /// Most aliases in one operation.
     #[arg(long, env = "TASKORCH_MAX_ALIASES", default_value_t = 200, global = true)]
     pub max_aliases: usize,
@@ -86,6 +90,7 @@ fn read_secret(var: &str, path: &str) -> anyhow::Result<String> {
 pub struct DocumentLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    pub max_cost: usize,
     pub max_aliases: usize,
     pub max_batch: usize,
     /// Whether `__schema` and `__type` are answered.
@@ -131,6 +136,7 @@ impl SecurityConfig {
         DocumentLimits {
             max_depth: self.max_depth,
             max_complexity: self.max_complexity,
+            max_cost: self.max_cost,
             max_aliases: self.max_aliases,
             max_batch: self.max_batch,
             introspection: self.introspection,

@@ -377,6 +377,16 @@ async fn oversized_documents_are_refused_by_name_and_the_server_carries_on() {
     let body = server.gql(&format!("{{ {aliases} }}"), json!({})).await;
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("max aliases"), "{body}");
 
+    // Few fields, but each listing may return 1,000 workflows: refused on what it may resolve.
+    let listings: String = (0..20)
+        .map(|i| format!("l{i}: workflows(first: 1000) {{ nodes {{ id name status tasks {{ key status }} }} }} "))
+        .collect();
+    let body = server.gql(&format!("{{ {listings} }}"), json!({})).await;
+    assert_eq!(code(&body), "LIMIT_EXCEEDED", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "max cost", "{body}");
+    let one = "{ workflows(first: 1000) { nodes { id name status tasks { key status } } } }";
+    assert!(server.gql(one, json!({})).await["errors"].is_null(), "one page of 1,000 is fine");
+
     let huge = "x".repeat(20 * 1024 * 1024);
     let resp = server
         .http()

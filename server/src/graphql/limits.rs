@@ -1,5 +1,6 @@
 //! Abuse limits checked right after parsing, before validation or any resolver: selection depth, number of
-//! fields (complexity, with fragments expanded) and number of aliases. Each refusal is `LIMIT_EXCEEDED` and
+//! fields (complexity, with fragments expanded), the field values they may resolve (cost: a field inside a list
+//! whose size the query sets counts once per item) and number of aliases. Each refusal is `LIMIT_EXCEEDED` and
 //! names the limit, its value and the setting that changes it.
 
 use std::collections::HashMap;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet};
-use async_graphql::{Name, Positioned, ServerError, ServerResult, Variables};
+use async_graphql::{Name, Positioned, ServerError, ServerResult, Value, Variables};
 
 use async_graphql::ErrorExtensions;
 
@@ -19,11 +20,19 @@ use crate::security::DocumentLimits;
 pub struct Shape {
     pub depth: usize,
     pub fields: usize,
+    /// Field values the operation may resolve (see the module documentation).
+    pub cost: usize,
     pub aliases: usize,
 }
 
+/// Fields returning a list whose size the query sets with `first`, and the size when it does not.
+const SIZED_LISTS: [(&str, usize); 1] = [("workflows", 20)];
+/// The largest `first` counted (larger ones are refused by the field itself).
+const MAX_FIRST: usize = 1000;
+
 struct Walk<'a> {
     fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+    variables: &'a Variables,
     limits: DocumentLimits,
     shape: Shape,
     stack: Vec<&'a Name>,
@@ -33,10 +42,25 @@ impl<'a> Walk<'a> {
     fn over(&self) -> bool {
         self.shape.depth > self.limits.max_depth
             || self.shape.fields > self.limits.max_complexity
+            || self.shape.cost > self.limits.max_cost
             || self.shape.aliases > self.limits.max_aliases
     }
 
-    fn selection_set(&mut self, set: &'a SelectionSet, depth: usize) {
+    /// How many items a field's list may hold (1 for a field that is not a sized list).
+    fn items(&self, field: &async_graphql::parser::types::Field) -> usize {
+        let Some(&(_, default)) = SIZED_LISTS.iter().find(|(name, _)| *name == field.name.node.as_str()) else {
+            return 1;
+        };
+        let value = field
+            .get_argument("first")
+            .and_then(|v| v.node.clone().into_const_with(|name| self.variables.get(&name).cloned().ok_or(())).ok());
+        match value {
+            Some(Value::Number(n)) => n.as_u64().map_or(default, |n| n as usize).min(MAX_FIRST),
+            _ => default,
+        }
+    }
+
+    fn selection_set(&mut self, set: &'a SelectionSet, depth: usize, each: usize) {
         for item in &set.items {
             if self.over() {
                 return; // enough to refuse; stop before a fragment bomb costs anything
@@ -44,12 +68,14 @@ impl<'a> Walk<'a> {
             match &item.node {
                 Selection::Field(f) => {
                     self.shape.fields += 1;
+                    self.shape.cost = self.shape.cost.saturating_add(each);
                     self.shape.aliases += usize::from(f.node.alias.is_some());
                     let d = depth + 1;
                     self.shape.depth = self.shape.depth.max(d);
-                    self.selection_set(&f.node.selection_set.node, d);
+                    let inner = each.saturating_mul(self.items(&f.node));
+                    self.selection_set(&f.node.selection_set.node, d, inner);
                 }
-                Selection::InlineFragment(f) => self.selection_set(&f.node.selection_set.node, depth),
+                Selection::InlineFragment(f) => self.selection_set(&f.node.selection_set.node, depth, each),
                 Selection::FragmentSpread(s) => {
                     let name = &s.node.fragment_name.node;
                     if self.stack.contains(&name) {
@@ -57,7 +83,7 @@ impl<'a> Walk<'a> {
                     }
                     if let Some(def) = self.fragments.get(name) {
                         self.stack.push(name);
-                        self.selection_set(&def.node.selection_set.node, depth);
+                        self.selection_set(&def.node.selection_set.node, depth, each);
                         self.stack.pop();
                     }
                 }
@@ -66,11 +92,12 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Measures a document (stopping early once a limit is passed).
-pub fn measure(doc: &ExecutableDocument, limits: DocumentLimits) -> Shape {
-    let mut walk = Walk { fragments: &doc.fragments, limits, shape: Shape::default(), stack: Vec::new() };
+/// Measures a document with its variables (stopping early once a limit is passed).
+pub fn measure(doc: &ExecutableDocument, variables: &Variables, limits: DocumentLimits) -> Shape {
+    let fragments = &doc.fragments;
+    let mut walk = Walk { fragments, variables, limits, shape: Shape::default(), stack: Vec::new() };
     for (_, op) in doc.operations.iter() {
-        walk.selection_set(&op.node.selection_set.node, 0);
+        walk.selection_set(&op.node.selection_set.node, 0, 1);
     }
     walk.shape
 }
@@ -154,6 +181,10 @@ pub fn check(shape: &Shape, limits: DocumentLimits) -> Result<(), ServerError> {
         let (max, n) = (limits.max_complexity, shape.fields);
         return refuse("the query complexity (fields selected)", "max complexity", "TASKORCH_MAX_COMPLEXITY", max, n);
     }
+    if shape.cost > limits.max_cost {
+        let (max, n) = (limits.max_cost, shape.cost);
+        return refuse("the field values the query may resolve", "max cost", "TASKORCH_MAX_COST", max, n);
+    }
     Ok(())
 }
 
@@ -193,7 +224,7 @@ impl Extension for Checker {
                 e
             }
         })?;
-        check(&measure(&doc, self.0), self.0)?;
+        check(&measure(&doc, variables, self.0), self.0)?;
         if !self.0.introspection && introspects(&doc) {
             return Err(refusal(
                 code::FORBIDDEN,
@@ -208,18 +239,38 @@ impl Extension for Checker {
 mod tests {
     use super::*;
 
-    const LIMITS: DocumentLimits =
-        DocumentLimits { max_depth: 5, max_complexity: 50, max_aliases: 3, max_batch: 2, introspection: true };
+    const LIMITS: DocumentLimits = DocumentLimits {
+        max_depth: 5,
+        max_complexity: 50,
+        max_cost: 1000,
+        max_aliases: 3,
+        max_batch: 2,
+        introspection: true,
+    };
 
     fn shape(q: &str) -> Shape {
-        measure(&async_graphql::parser::parse_query(q).unwrap(), LIMITS)
+        measure(&async_graphql::parser::parse_query(q).unwrap(), &Variables::default(), LIMITS)
     }
 
     #[test]
     fn depth_fields_and_aliases_are_counted_through_fragments() {
         let s = shape("query { a: workflow(id: 1) { ...F tasks { key } } } fragment F on Workflow { id b: name }");
-        assert_eq!(s, Shape { depth: 3, fields: 5, aliases: 2 });
+        assert_eq!(s, Shape { depth: 3, fields: 5, cost: 5, aliases: 2 });
         assert!(check(&s, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn a_listing_counts_its_fields_once_per_item_of_first() {
+        // workflows (1) + 20 × (nodes + id + tasks + key), `first` defaulting to 20.
+        assert_eq!(shape("{ workflows { nodes { id tasks { key } } } }").cost, 1 + 20 * 4);
+        assert_eq!(shape("{ workflows(first: 5) { nodes { id } } }").cost, 1 + 5 * 2);
+        let doc =
+            async_graphql::parser::parse_query("query($n: Int) { workflows(first: $n) { nodes { id } } }").unwrap();
+        let vars = Variables::from_json(serde_json::json!({ "n": 100 }));
+        assert_eq!(measure(&doc, &vars, LIMITS).cost, 1 + 100 * 2);
+        let many: String = (0..3).map(|i| format!("a{i}: workflows(first: 1000) {{ nodes {{ id }} }} ")).collect();
+        let err = check(&shape(&format!("{{ {many} }}")), LIMITS).unwrap_err();
+        assert!(err.message.contains("max cost limit of 1000"), "{}", err.message);
     }
 
     #[test]
