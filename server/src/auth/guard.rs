@@ -29,6 +29,11 @@ pub fn principal<'a>(ctx: &Context<'a>) -> Result<&'a Principal> {
     match ctx.data_opt::<Caller>().map(|c| &c.credential) {
         Some(Credential::Valid(p)) => Ok(p),
         Some(Credential::Invalid(why)) => Err(api_error(code::UNAUTHENTICATED, *why)),
+        // A valid credential must not read as a bad one (clients would log their user out): a server error.
+        Some(Credential::Unchecked) => Err(api_error(
+            code::INTERNAL,
+            "the credential could not be checked right now (the server is overloaded); try again",
+        )),
         _ => Err(api_error(
             code::UNAUTHENTICATED,
             "authentication required: send `Authorization: Bearer <token or API key>` (log in with the `login` mutation)",

@@ -23,6 +23,8 @@ pub enum Credential {
     Valid(Principal),
     /// One was sent and refused; the reason is safe to show.
     Invalid(&'static str),
+    /// One was sent and could not be checked (the database did not answer): not the client's fault, try again.
+    Unchecked,
 }
 
 /// Request (or connection) data: the credential and the client's address.
@@ -95,7 +97,7 @@ pub async fn resolve(auth: &Auth, credential: Option<String>) -> Credential {
             Err(taskorch_engine::Error::Unauthenticated(why)) => Credential::Invalid(why),
             Err(e) => {
                 tracing::error!(error = %e, "checking a credential failed");
-                Credential::Invalid("the credential could not be checked; try again")
+                Credential::Unchecked
             }
         },
     }
@@ -118,5 +120,31 @@ mod tests {
         assert_eq!(credential_from_payload(&json!({ "headers": { "authorization": "t2" } })).as_deref(), Some("t2"));
         assert_eq!(credential_from_payload(&json!({ "apiKey": "t3" })).as_deref(), Some("t3"));
         assert_eq!(credential_from_payload(&json!({})), None);
+    }
+
+    /// A credential the database could not check is not reported as a bad one.
+    #[tokio::test]
+    async fn a_credential_that_cannot_be_checked_is_not_called_invalid() {
+        use sea_orm::ConnectionTrait;
+        use taskorch_engine::auth::{AuthOptions, HashParams};
+        use taskorch_engine::db::{Database, PoolOptions};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        let opts = AuthOptions {
+            jwt_secret: Some(vec![7; 32]),
+            access_ttl: None,
+            refresh_ttl: None,
+            hash_params: HashParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+            admin_email: None,
+            admin_password: Some("an-admin-password".to_owned()),
+        };
+        let (auth, _) =
+            Auth::init(taskorch_engine::store::Store::new(db.clone()), None, None, opts).await.expect("auth");
+        let key = taskorch_domain::auth::api_key::format(&"a".repeat(10), &"b".repeat(40));
+        assert!(matches!(resolve(&auth, Some(key.clone())).await, Credential::Invalid(_)), "an unknown key");
+        db.write.execute_unprepared("DROP TABLE api_key").await.expect("drop");
+        assert!(matches!(resolve(&auth, Some(key)).await, Credential::Unchecked));
     }
 }
