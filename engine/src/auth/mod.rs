@@ -146,6 +146,8 @@ struct Inner {
     snapshot: Option<Arc<SnapshotCache>>,
     /// With a shared cache (Redis): key rows kept while the key generation is unchanged.
     shared: Option<SharedKeys>,
+    /// Counts the revocations made by this process: open subscriptions check their credential again at once.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 /// Key rows kept under the shared cache's key generation.
@@ -202,6 +204,7 @@ impl Auth {
                 touched: Mutex::new(HashMap::new()),
                 snapshot,
                 shared: shared.filter(|c| c.is_shared()).map(|cache| SharedKeys { cache, kept: Mutex::default() }),
+                revocations: tokio::sync::watch::Sender::new(0),
             }),
         };
         let boot = auth.bootstrap(opts.admin_email, opts.admin_password).await?;
@@ -464,6 +467,11 @@ impl Auth {
         self.inner.store.api_keys(actor.target_tenant(tenant)?).await
     }
 
+    /// Changes with every revocation made by this process (other servers' revocations reach their own streams).
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.revocations.subscribe()
+    }
+
     /// Revokes a key of the actor's tenant (any tenant for system admins); refused at once on every server: keys
     /// are checked against the primary database, or against rows kept under a key generation this replaces before
     /// it returns.
@@ -475,6 +483,7 @@ impl Auth {
             return Err(not_found());
         }
         self.inner.store.revoke_api_key(id).await?;
+        self.inner.revocations.send_modify(|n| *n += 1);
         if let Some(shared) = &self.inner.shared {
             // This process refuses the key at once, whatever Redis says.
             if let Ok(mut kept) = shared.kept.lock() {

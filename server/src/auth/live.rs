@@ -1,5 +1,6 @@
 //! Credentials of long-lived subscriptions: checked again when a subscription starts (not only at
-//! `connection_init`) and every few seconds while it streams, so a revoked or expired credential stops it.
+//! `connection_init`), every few seconds while it streams and at once after a revocation on this server, so a
+//! revoked or expired credential stops it.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ pub struct LiveCredential {
     auth: Auth,
     credential: Option<String>,
     checked: Instant,
+    /// Revocations made by this server: each one has the credential checked again at once.
+    revocations: tokio::sync::watch::Receiver<u64>,
+    forced: bool,
 }
 
 impl LiveCredential {
@@ -27,15 +31,25 @@ impl LiveCredential {
             Some(c) => auth.authenticate(c).await.map_err(crate::error::from_engine)?,
             None => principal(ctx)?.clone(),
         };
-        Ok((principal, Self { auth, credential, checked: Instant::now() }))
+        let revocations = auth.revocations();
+        Ok((principal, Self { auth, credential, checked: Instant::now(), revocations, forced: false }))
     }
 
-    /// Whether the credential is still valid (checked at most every [`RECHECK`]).
+    /// Resolves when this server revokes a credential (any one): the next [`Self::still_valid`] checks again.
+    pub async fn revoked(&mut self) {
+        if self.revocations.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.forced = true;
+    }
+
+    /// Whether the credential is still valid (checked at most every [`RECHECK`], and after a revocation here).
     pub async fn still_valid(&mut self) -> bool {
         let Some(credential) = &self.credential else { return true };
-        if self.checked.elapsed() < RECHECK {
+        if !self.forced && self.checked.elapsed() < RECHECK {
             return true;
         }
+        self.forced = false;
         self.checked = Instant::now();
         match self.auth.authenticate(credential).await {
             Ok(_) => true,

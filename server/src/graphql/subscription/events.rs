@@ -103,6 +103,7 @@ impl EventSubscription {
                     let received = tokio::select! {
                         biased;
                         r = live.recv() => Some(r),
+                        _ = credential.revoked() => None,
                         _ = &mut quiet => None,
                     };
                     if !credential.still_valid().await {
@@ -189,12 +190,16 @@ impl EventSubscription {
         Ok(async_stream::stream! {
             let _guard = guard;
             loop {
-                let received = tokio::time::timeout(RECHECK, live.recv()).await;
+                let received = tokio::select! {
+                    r = live.recv() => Some(r),
+                    _ = credential.revoked() => None,
+                    _ = tokio::time::sleep(RECHECK) => None,
+                };
                 if !credential.still_valid().await {
                     yield Err(LiveCredential::expired());
                     break;
                 }
-                let Ok(received) = received else { continue };
+                let Some(received) = received else { continue };
                 match received {
                     Ok(e) => {
                         if e.tenant_id != tenant {
