@@ -597,9 +597,13 @@ impl Store {
     /// reaped or finished elsewhere), whose handlers should stop.
     pub async fn heartbeat(&self, held: &[(TaskId, Phase, i32)], lease_us: i64) -> Result<Vec<TaskId>, Error> {
         let until = now_us() + lease_us;
+        // Rows locked in id order, the order of the set-based claims and completions (their `id = ANY(…)` walks
+        // the primary key): in any other order the two deadlock on PostgreSQL.
+        let mut held: Vec<&(TaskId, Phase, i32)> = held.iter().collect();
+        held.sort_unstable_by_key(|(id, _, _)| id.0);
         let txn = self.db.write.begin().await?;
         let mut lost = Vec::new();
-        for (id, phase, attempt) in held {
+        for &&(id, phase, attempt) in &held {
             let sql = match phase {
                 Phase::Run => "UPDATE task SET lease_until = ? WHERE id = ? AND attempts = ? AND status = 'RUNNING'",
                 Phase::Compensate => {
@@ -607,9 +611,9 @@ impl Store {
                      AND lease_until IS NOT NULL"
                 }
             };
-            let res = txn.execute_raw(self.db.stmt(sql, vec![until.into(), id.0.into(), (*attempt).into()])).await?;
+            let res = txn.execute_raw(self.db.stmt(sql, vec![until.into(), id.0.into(), attempt.into()])).await?;
             if res.rows_affected() == 0 {
-                lost.push(*id);
+                lost.push(id);
             }
         }
         txn.commit().await?;
