@@ -342,6 +342,10 @@ async fn listing_is_rate_limited_per_key_with_retry_after() {
     assert!(hint >= 1 && retry.as_deref() == Some(hint.to_string().as_str()), "{retry:?} vs {body}");
     assert!(server.gql_as(Some(&other), LIST, json!({})).await["errors"].is_null(), "another key is unaffected");
     assert!(server.metric("taskorch_rate_limited_total").await >= 40.0);
+    // Aliases do not make many listings one call: 100 more in one request pass the other key's limit (1 used).
+    let many: String = (0..100).map(|i| format!("l{i}: workflows(first: 1) {{ nodes {{ id }} }} ")).collect();
+    let body = server.gql_as(Some(&other), &format!("{{ {many} }}"), json!({})).await;
+    assert_eq!(code(&body), "RATE_LIMITED", "{body}");
 }
 
 #[tokio::test]

@@ -52,11 +52,30 @@ pub fn root_names<'a>(doc: &'a ExecutableDocument, set: &'a SelectionSet) -> Vec
     fields.into_iter().map(|f| f.name.node.as_str()).collect()
 }
 
-/// The classes of a document's operations; a document holding several operations is charged for each.
+/// How many listings an operation makes: its distinct listing root fields (each alias is one more listing).
+fn listings(doc: &ExecutableDocument, set: &SelectionSet) -> usize {
+    let mut fields = Vec::new();
+    root_fields(doc, set, &mut Vec::new(), &mut fields);
+    let mut keys: Vec<&str> = fields
+        .into_iter()
+        .filter(|f| LIST_FIELDS.contains(&f.name.node.as_str()))
+        .map(|f| f.alias.as_ref().unwrap_or(&f.name).node.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len()
+}
+
+/// The classes of a document's operations, one entry per call charged: a document holding several operations is
+/// charged for each class, and a query listing several times (aliases) is charged one listing call for each.
 pub fn classify(doc: &ExecutableDocument) -> Vec<OperationClass> {
     let mut classes = Vec::new();
+    let mut most_listings = 0;
     for (_, op) in doc.operations.iter() {
         let roots = root_names(doc, &op.node.selection_set.node);
+        if op.node.ty == OperationType::Query {
+            most_listings = most_listings.max(listings(doc, &op.node.selection_set.node));
+        }
         let class = match op.node.ty {
             OperationType::Subscription => OperationClass::Subscribe,
             OperationType::Mutation if !roots.is_empty() && roots.iter().all(|r| LOGIN_FIELDS.contains(r)) => {
@@ -70,6 +89,7 @@ pub fn classify(doc: &ExecutableDocument) -> Vec<OperationClass> {
             classes.push(class);
         }
     }
+    classes.extend(std::iter::repeat_n(OperationClass::List, most_listings.saturating_sub(1)));
     classes
 }
 
@@ -170,6 +190,16 @@ mod tests {
             OperationClass::Write
         );
         assert_eq!(class("subscription { events { sequence } }"), OperationClass::Subscribe);
+    }
+
+    #[test]
+    fn every_aliased_listing_is_charged_as_one_call() {
+        let doc = async_graphql::parser::parse_query(
+            "{ a: workflows { nodes { id } } b: workflows(first: 5) { nodes { id } } workflows { nodes { id } } \
+               workflows { pageInfo { hasNextPage } } me { role } }",
+        )
+        .unwrap();
+        assert_eq!(classify(&doc), vec![OperationClass::List; 3]);
     }
 
     #[test]
