@@ -65,6 +65,13 @@ impl EventType {
                 | EventType::WorkflowCancelled
         )
     }
+
+    /// Whether the workflow may have ended with this event: a terminal one, or the end of a compensation. A failed
+    /// saga ends the workflow COMPENSATION_FAILED without an event of its own, with the last compensation to end:
+    /// the one failing for good, or one completing after another one failed for good.
+    pub fn may_end_workflow(self) -> bool {
+        self.is_terminal() || matches!(self, EventType::TaskCompensationFailed | EventType::TaskCompensated)
+    }
 }
 
 impl fmt::Display for EventType {
@@ -123,5 +130,13 @@ mod tests {
                 EventType::WorkflowCancelled
             ]
         );
+    }
+
+    #[test]
+    fn a_workflow_may_end_with_a_terminal_event_or_a_compensation_s_end() {
+        let ending: Vec<_> = EventType::ALL.iter().copied().filter(|e| e.may_end_workflow()).collect();
+        assert_eq!(ending.len(), 6, "{ending:?}");
+        assert!(ending.contains(&EventType::TaskCompensated) && ending.contains(&EventType::TaskCompensationFailed));
+        assert!(!EventType::TaskCompensating.may_end_workflow() && !EventType::TaskCompleted.may_end_workflow());
     }
 }

@@ -175,16 +175,12 @@ fn body_limit_error(resp: Response, max: usize) -> Response {
     (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
-/// Whether reading the body stopped at the body size limit (tower-http's `RequestBodyLimitLayer`).
+/// Whether reading the body stopped at the body size limit (`RequestBodyLimitLayer` reads through
+/// `http_body_util::Limited`). Its `LengthLimitError` reaches here boxed inside axum's and `io::Error`s that hide it
+/// from `downcast` (tried: `is::<LengthLimitError>` over the chain, looking into `io::Error::get_ref`, finds
+/// nothing), so the chain is matched on that error's message.
 fn over_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.to_string().contains("length limit exceeded") {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.to_string().contains("length limit exceeded"))
 }
 
 /// The client's address, when the server was started with connection info.

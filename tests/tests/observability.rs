@@ -77,31 +77,6 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
         line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches("/graphql").to_owned();
     let token = common::login(&base, common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
     let http = reqwest::Client::new();
-    let body = json!({ "query": "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }", "variables": { "i": {
-        "name": "logged", "tasks": [
-            { "key": "a", "kind": "echo", "payload": { "card": "4111-SECRET-PAYLOAD" } },
-            { "key": "b", "kind": "fail", "retry": { "maxAttempts": 1 } },
-        ] } } });
-    let resp: Value = http
-        .post(format!("{base}/graphql"))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = resp["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
-    let mut sub = Subscription::open(
-        &base.replace("http://", "ws://"),
-        Some(&token),
-        "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
-        json!({ "id": id }),
-    )
-    .await;
-    tokio::time::timeout(Duration::from_secs(60), sub.collect_until_complete()).await.unwrap();
-    // A running attempt stopped by a cancellation is logged outside its span, with the same ids.
     let gql = |query: &'static str, variables: Value| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
         async move {
@@ -110,19 +85,33 @@ async fn task_log_lines_are_json_with_ids_and_without_payloads() {
             resp.json::<Value>().await.unwrap()
         }
     };
+    let watch = |id: String| {
+        let (base, token) = (base.replace("http://", "ws://"), token.clone());
+        async move {
+            let query = "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }";
+            Subscription::open(&base, Some(&token), query, json!({ "id": id })).await
+        }
+    };
+    const SUBMIT: &str = "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }";
+    let resp = gql(
+        SUBMIT,
+        json!({ "i": { "name": "logged", "tasks": [
+            { "key": "a", "kind": "echo", "payload": { "card": "4111-SECRET-PAYLOAD" } },
+            { "key": "b", "kind": "fail", "retry": { "maxAttempts": 1 } },
+        ] } }),
+    )
+    .await;
+    let id = resp["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
+    let mut sub = watch(id.clone()).await;
+    tokio::time::timeout(Duration::from_secs(60), sub.collect_until_complete()).await.unwrap();
+    // A running attempt stopped by a cancellation is logged outside its span, with the same ids.
     let submitted = gql(
-        "mutation($i: SubmitWorkflowInput!) { submitWorkflow(input: $i) { id } }",
+        SUBMIT,
         json!({ "i": { "name": "stopped", "tasks": [{ "key": "slow", "kind": "sleep", "payload": { "ms": 30000 } }] } }),
     )
     .await;
     let slow = submitted["data"]["submitWorkflow"]["id"].as_str().unwrap().to_owned();
-    let mut sub = Subscription::open(
-        &base.replace("http://", "ws://"),
-        Some(&token),
-        "subscription($id: ID!) { workflowEvents(workflowId: $id) { type } }",
-        json!({ "id": slow }),
-    )
-    .await;
+    let mut sub = watch(slow.clone()).await;
     loop {
         let event = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.unwrap().expect("open");
         if event["workflowEvents"]["type"] == "TASK_STARTED" {

@@ -6,6 +6,7 @@ use async_graphql::{Context, ID, InputObject, Result, Subscription};
 use futures::Stream;
 use taskorch_domain::Permission;
 use taskorch_engine::Engine;
+use taskorch_engine::model::EventRecord;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ActiveSubscriptions, EventHub};
@@ -83,10 +84,8 @@ impl EventSubscription {
                 }
                 if is_finished(&engine, id, last).await {
                     // Drain what committed between the read above and the status check.
-                    if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
-                        for e in rest {
-                            yield Ok(WorkflowEvent::from(e));
-                        }
+                    for e in rest_of_log(&engine, id, last).await {
+                        yield Ok(WorkflowEvent::from(e));
                     }
                     break;
                 }
@@ -96,7 +95,7 @@ impl EventSubscription {
                 tokio::pin!(quiet);
                 let mut heard = tokio::time::Instant::now();
                 // The last event read may have been the final one (the status check said the workflow goes on).
-                let mut maybe_final = last_type.is_some_and(possibly_final);
+                let mut maybe_final = last_type.is_some_and(taskorch_domain::EventType::may_end_workflow);
                 loop {
                     // Events committed by another process reach this one only through a shared bus; without
                     // one, a quiet period falls back to reading the log.
@@ -118,11 +117,9 @@ impl EventSubscription {
                                 continue 'outer;
                             }
                             // Quiet after what may have been the final event: the database has the last word.
-                            if maybe_final && finished_in_store(&engine, id).await {
-                                if let Ok(rest) = engine.events(id, last, u64::MAX >> 1).await {
-                                    for e in rest {
-                                        yield Ok(WorkflowEvent::from(e));
-                                    }
+                            if maybe_final && is_finished(&engine, id, i64::MAX).await {
+                                for e in rest_of_log(&engine, id, last).await {
+                                    yield Ok(WorkflowEvent::from(e));
                                 }
                                 break 'outer;
                             }
@@ -144,7 +141,7 @@ impl EventSubscription {
                             last = e.sequence;
                             let event_type = e.event_type;
                             last_type = Some(event_type);
-                            let terminal = possibly_final(event_type);
+                            let terminal = event_type.may_end_workflow();
                             yield Ok(WorkflowEvent::from(e));
                             if event_type == taskorch_domain::EventType::WorkflowCompleted {
                                 // Final for good, and always the last event of its commit: nothing to read.
@@ -153,10 +150,8 @@ impl EventSubscription {
                             maybe_final = terminal;
                             if terminal && is_finished(&engine, id, last).await {
                                 // Events of the same commit may follow the terminal one in the log.
-                                if let Ok(rest) = engine.events(id, last, REPLAY_PAGE).await {
-                                    for e in rest {
-                                        yield Ok(WorkflowEvent::from(e));
-                                    }
+                                for e in rest_of_log(&engine, id, last).await {
+                                    yield Ok(WorkflowEvent::from(e));
                                 }
                                 break 'outer;
                             }
@@ -221,21 +216,14 @@ impl EventSubscription {
     }
 }
 
-/// Whether a workflow may have ended with this event: a terminal one, or the end of a compensation. A saga that
-/// fails ends the workflow COMPENSATION_FAILED without an event of its own, with the last compensation that ends:
-/// the one failing for good, or one completing after another one failed for good.
-fn possibly_final(event_type: taskorch_domain::EventType) -> bool {
-    use taskorch_domain::EventType::{TaskCompensated, TaskCompensationFailed};
-    event_type.is_terminal() || matches!(event_type, TaskCompensationFailed | TaskCompensated)
-}
-
-/// Whether the workflow has ended, as its row in the database says now.
-async fn finished_in_store(engine: &Engine, id: taskorch_domain::WorkflowId) -> bool {
-    engine.store().workflow(id).await.ok().flatten().is_none_or(|w| w.status.is_terminal())
-}
-
 /// Whether the workflow has ended, judged on a state no older than event `seen` (the stream has already read it from
-/// the log: a cached state from before it would keep the stream open after the final event).
+/// the log: a cached state from before it would keep the stream open after the final event). `i64::MAX` asks the
+/// database whatever is cached.
+/// The events after `last` of a workflow that has ended (what committed with or after the event that ended it).
+async fn rest_of_log(engine: &Engine, id: taskorch_domain::WorkflowId, last: i64) -> Vec<EventRecord> {
+    engine.events(id, last, u64::MAX >> 1).await.unwrap_or_default()
+}
+
 async fn is_finished(engine: &Engine, id: taskorch_domain::WorkflowId, seen: i64) -> bool {
     match engine.workflow_since(id, seen).await {
         Ok(Some(w)) => w.status.is_terminal(),
