@@ -2,7 +2,6 @@
 //! health endpoints.
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::auth::{self, Caller};
 use crate::error::code;
 use crate::graphql::loaders::TaskLoader;
+use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::subscription::ActiveSubscriptions;
 use crate::graphql::{AppSchema, SchemaOptions, build_schema};
 use crate::hot::{Key, Lookup, ResponseCache};
@@ -53,6 +53,8 @@ pub struct AppState {
     pub hot: Option<Arc<ResponseCache>>,
     /// Largest WebSocket message (the body limit).
     pub max_message: usize,
+    /// Documents named by hash (Apollo's persisted queries).
+    pub persisted: PersistedQueries,
 }
 
 /// Options of the HTTP layer.
@@ -100,7 +102,8 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 pub fn router(backends: Backends, opts: AppOptions) -> Router {
     let Backends { engine, broker } = backends;
     let subscriptions = ActiveSubscriptions::default();
-    let schema = build_schema(engine.clone(), subscriptions.clone(), opts.schema.clone());
+    let persisted = PersistedQueries::default();
+    let schema = build_schema(engine.clone(), subscriptions.clone(), opts.schema.clone(), &persisted);
     let hot = ResponseCache::for_engine(&engine, opts.schema.limiter.clone(), opts.schema.quotas.clone()).map(Arc::new);
     let state = AppState {
         streams: crate::fanout::Shared::new(schema.clone(), subscriptions.clone()),
@@ -113,6 +116,7 @@ pub fn router(backends: Backends, opts: AppOptions) -> Router {
         max_batch: opts.schema.limits.max_batch,
         hot,
         max_message: opts.max_body_bytes,
+        persisted,
     };
     let max_body = opts.max_body_bytes;
     let mut router = Router::new()
@@ -230,7 +234,7 @@ async fn graphql_post(
     };
     let caller = caller(&state, &headers, ip).await;
     match req {
-        BatchRequest::Single(req) if req.query.trim().is_empty() => {
+        BatchRequest::Single(req) if req.query.trim().is_empty() && !PersistedQueries::names_hash(&req) => {
             http::bad_request("the request has no `query` (the GraphQL document)".into(), media)
         }
         BatchRequest::Single(req) => execute_single(&state, req, caller, media).await,
@@ -272,9 +276,10 @@ async fn graphql_get(
         };
     }
     let media = Media::accepted(&headers);
-    let req = match http::get_request(query.as_deref()) {
+    let req = match http::get_request(query.as_deref(), &state.persisted) {
         Ok(req) => req,
         Err(GetRefusal::Bad(message)) => return http::bad_request(message, media),
+        Err(GetRefusal::Persisted(e)) => return http::respond(async_graphql::Response::from_errors(vec![e]), media),
         Err(GetRefusal::Mutation) => return http::mutation_over_get(media),
     };
     let caller = caller(&state, &headers, ip).await;
@@ -308,7 +313,7 @@ async fn graphql_ws(
 ) -> Response {
     let from_headers = auth::credential_from_headers(&headers);
     let max_message = state.max_message;
-    let upgrade = upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(max_message);
+    let upgrade = upgrade.protocols([protocol.0.sec_websocket_protocol()]).max_message_size(max_message);
     // tungstenite zero-fills its whole read buffer before every read of the socket (128 KiB by default): that
     // memset was 16 % of the server's CPU while streaming to 10,000 subscriptions. Client messages are small;
     // a larger one is read in more than one `read`.

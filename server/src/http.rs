@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::error::code;
+use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::request::{is_request_error, operation};
 
 /// The media type of a GraphQL response.
@@ -158,16 +159,15 @@ pub enum GetRefusal {
     Bad(String),
     /// It chose a mutation (405).
     Mutation,
+    /// It names a document by hash that is unknown or does not match (a request error).
+    Persisted(async_graphql::ServerError),
 }
 
 /// A GET request's GraphQL request: parameters as the specification names them, queries only.
-pub fn get_request(query_string: Option<&str>) -> Result<Request, GetRefusal> {
+pub fn get_request(query_string: Option<&str>, persisted: &PersistedQueries) -> Result<Request, GetRefusal> {
     let params: QueryString = serde_urlencoded::from_str(query_string.unwrap_or(""))
         .map_err(|e| GetRefusal::Bad(format!("the query string is not a GraphQL request: {e}")))?;
-    let query = params
-        .query
-        .filter(|q| !q.trim().is_empty())
-        .ok_or_else(|| GetRefusal::Bad("a GET request needs a `query` parameter (the GraphQL document)".to_owned()))?;
+    let query = params.query.unwrap_or_default();
     let object = |name: &str, text: Option<String>| -> Result<Option<serde_json::Value>, GetRefusal> {
         let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
         match serde_json::from_str::<serde_json::Value>(&text) {
@@ -190,6 +190,10 @@ pub fn get_request(query_string: Option<&str>) -> Result<Request, GetRefusal> {
         req.extensions = serde_json::from_value(extensions)
             .map_err(|e| GetRefusal::Bad(format!("the `extensions` parameter is not usable: {e}")))?;
     }
+    if req.query.trim().is_empty() && !PersistedQueries::names_hash(&req) {
+        return Err(GetRefusal::Bad("a GET request needs a `query` parameter (the GraphQL document)".to_owned()));
+    }
+    let mut req = persisted.resolve(req).map_err(GetRefusal::Persisted)?;
     // The operation GET would run must be a query. A document that does not parse, or names no runnable operation,
     // goes on and fails as a request error like any other.
     if let Ok(doc) = async_graphql::parser::parse_query(&req.query) {
@@ -234,29 +238,50 @@ mod tests {
         assert_eq!(Media::accepted(&HeaderMap::new()), Media::Json);
     }
 
+    fn get(query_string: Option<&str>) -> Result<Request, GetRefusal> {
+        get_request(query_string, &PersistedQueries::default())
+    }
+
     #[test]
     fn get_reads_the_specified_parameters() {
-        let req = get_request(Some("query=query%20A%7B__typename%7D%20query%20B%7B__typename%7D&operationName=B"))
+        let req = get(Some("query=query%20A%7B__typename%7D%20query%20B%7B__typename%7D&operationName=B"))
             .ok()
             .expect("a request");
         assert_eq!(req.operation_name.as_deref(), Some("B"));
-        let req = get_request(Some("query=query(%24a%3AInt)%7B__typename%7D&variables=%7B%22a%22%3A1%7D"))
-            .ok()
-            .expect("a request");
+        let req =
+            get(Some("query=query(%24a%3AInt)%7B__typename%7D&variables=%7B%22a%22%3A1%7D")).ok().expect("a request");
         assert_eq!(req.variables.get("a"), Some(&async_graphql::Value::from(1)));
     }
 
     #[test]
     fn get_refuses_what_is_not_a_query() {
-        assert!(matches!(get_request(None), Err(GetRefusal::Bad(m)) if m.contains("`query`")));
-        assert!(
-            matches!(get_request(Some("query={a}&variables=%7Bbad")), Err(GetRefusal::Bad(m)) if m.contains("not JSON"))
-        );
-        assert!(
-            matches!(get_request(Some("query={a}&variables=%5B1%5D")), Err(GetRefusal::Bad(m)) if m.contains("object"))
-        );
-        assert!(matches!(get_request(Some("query=mutation%20M%7Bx%7D")), Err(GetRefusal::Mutation)));
+        assert!(matches!(get(None), Err(GetRefusal::Bad(m)) if m.contains("`query`")));
+        assert!(matches!(get(Some("query={a}&variables=%7Bbad")), Err(GetRefusal::Bad(m)) if m.contains("not JSON")));
+        assert!(matches!(get(Some("query={a}&variables=%5B1%5D")), Err(GetRefusal::Bad(m)) if m.contains("object")));
+        assert!(matches!(get(Some("query=mutation%20M%7Bx%7D")), Err(GetRefusal::Mutation)));
         let two = "query=query%20Q%7Bx%7D%20mutation%20M%7Bx%7D&operationName=M";
-        assert!(matches!(get_request(Some(two)), Err(GetRefusal::Mutation)));
+        assert!(matches!(get(Some(two)), Err(GetRefusal::Mutation)));
+    }
+
+    #[test]
+    fn get_runs_a_query_named_by_hash_and_refuses_a_mutation_named_so() {
+        use sha2::{Digest, Sha256};
+        let persisted = PersistedQueries::default();
+        let by_hash = |doc: &str| {
+            let hash = format!("{:x}", Sha256::digest(doc.as_bytes()));
+            format!("extensions=%7B%22persistedQuery%22%3A%7B%22version%22%3A1%2C%22sha256Hash%22%3A%22{hash}%22%7D%7D")
+        };
+        let (query, mutation) = ("{ __typename }", "mutation { x }");
+        // Unknown until its document came with it (as POST or GET).
+        assert!(matches!(get_request(Some(&by_hash(query)), &persisted), Err(GetRefusal::Persisted(_))));
+        let with_doc = format!("query=%7B%20__typename%20%7D&{}", by_hash(query));
+        assert_eq!(get_request(Some(&with_doc), &persisted).ok().expect("kept").query, query);
+        assert_eq!(get_request(Some(&by_hash(query)), &persisted).ok().expect("found").query, query);
+        let mut req = Request::new(mutation);
+        req.extensions = serde_json::from_value(serde_json::json!({ "persistedQuery": { "version": 1,
+            "sha256Hash": format!("{:x}", Sha256::digest(mutation.as_bytes())) } }))
+        .expect("extensions");
+        persisted.resolve(req).expect("kept by a POST");
+        assert!(matches!(get_request(Some(&by_hash(mutation)), &persisted), Err(GetRefusal::Mutation)));
     }
 }

@@ -41,8 +41,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long a graphql-transport-ws client has to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The subprotocol the client asked for (`Sec-WebSocket-Protocol`): graphql-transport-ws or the legacy graphql-ws;
-/// 400 when it names neither.
+/// The subprotocol the connection speaks, of those the client offered (`Sec-WebSocket-Protocol`): graphql-transport-ws
+/// when it is offered at all (clients such as Python's gql offer the legacy graphql-ws first), else the legacy
+/// graphql-ws; 400 when the client offers neither.
 #[derive(Debug, Clone, Copy)]
 pub struct Protocol(pub WebSocketProtocols);
 
@@ -54,7 +55,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Protocol {
             .headers
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
-            .and_then(|list| list.split(',').find_map(|p| p.trim().parse::<WebSocketProtocols>().ok()))
+            .and_then(|list| {
+                let offered = || list.split(',').filter_map(|p| p.trim().parse::<WebSocketProtocols>().ok());
+                offered().find(|p| *p == WebSocketProtocols::GraphQLWS).or_else(|| offered().next())
+            })
             .map(Self)
             .ok_or(StatusCode::BAD_REQUEST)
     }
@@ -64,6 +68,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Protocol {
 /// operation refused before it ran (see [`crate::graphql::request`]) is instead the JSON list of its errors
 /// (`[…]`), sent as the protocol's `error` message.
 pub type Payload = Arc<str>;
+
+/// Whether a client message has a type only the legacy protocol knows (`start`, `stop`, `connection_terminate`).
+fn legacy_type(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Typed<'_>>(bytes)
+        .is_ok_and(|m| matches!(&*m.ty, "start" | "stop" | "connection_terminate"))
+}
 
 /// Whether a payload is the error list of an operation refused before it ran.
 fn refused(payload: &str) -> bool {
@@ -205,6 +220,13 @@ where
     /// Handles one client message.
     async fn receive(&mut self, bytes: &[u8], streams: &mut SelectAll<BoxStream<'static, Item>>, out: &mut Vec<Out>) {
         let message = match ClientMessage::from_bytes(bytes) {
+            // async-graphql reads both protocols' message types; graphql-transport-ws knows none of the legacy ones.
+            Ok(ClientMessage::Start { .. } | ClientMessage::Stop { .. } | ClientMessage::ConnectionTerminate)
+                if !self.legacy && legacy_type(bytes) =>
+            {
+                out.push(Out::Close(4400, "Invalid message received: unknown type (graphql-transport-ws)".into()));
+                return;
+            }
             Ok(message) => message,
             Err(err) => {
                 let code = if self.legacy { 1002 } else { 4400 };
@@ -291,7 +313,15 @@ where
                 if let Some(running) = self.live.remove(&tag.id) {
                     running.abort();
                 }
-                out.push(text("error", &[("id", &tag.json_id), ("payload", &payload)]));
+                if self.legacy {
+                    // subscriptions-transport-ws sends an operation's request errors as `data` with `errors`, then
+                    // `complete`; its `error` carries one error object, and clients such as gql drop the whole
+                    // connection on an `error` they cannot read.
+                    out.push(text("data", &[("id", &tag.json_id), ("payload", &format!("{{\"errors\":{payload}}}"))]));
+                    out.push(text("complete", &[("id", &tag.json_id)]));
+                } else {
+                    out.push(text("error", &[("id", &tag.json_id), ("payload", &payload)]));
+                }
             }
             Item::Next(tag, payload) => {
                 let ty = if self.legacy { "data" } else { "next" };

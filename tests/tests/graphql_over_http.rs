@@ -212,3 +212,60 @@ async fn graphql_itself_accepts_the_websocket_upgrade() {
     ws.send(json!({ "type": "ping" })).await;
     assert_eq!(ws.json().await, json!({ "type": "pong" }));
 }
+
+#[tokio::test]
+async fn a_failed_field_is_null_in_place_and_every_error_has_a_code() {
+    let server = Server::start().await;
+    let unknown = "00000000-0000-0000-0000-00000000beef";
+    // A nullable root field that fails is present and null (the schema: "null with a NOT_FOUND error").
+    let (status, _, body) =
+        post(&server, GQL_RESPONSE, json!({ "query": format!("{{ workflow(id: \"{unknown}\") {{ id }} }}") })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], json!({ "workflow": null }), "{body}");
+    assert_eq!((code(&body), &body["errors"][0]["path"]), ("NOT_FOUND", &json!(["workflow"])), "{body}");
+    // Beside another root field, under an alias.
+    let query = format!("{{ a: workflow(id: \"{unknown}\") {{ id }} b: me {{ role }} }}");
+    let (_, _, body) = post(&server, GQL_RESPONSE, json!({ "query": query })).await;
+    assert_eq!(body["data"], json!({ "a": null, "b": { "role": "ADMIN" } }), "{body}");
+    assert_eq!(body["errors"][0]["path"], json!(["a"]), "{body}");
+    // A value that is not its scalar is a bad input like any other.
+    let bad_date = "mutation { createApiKey(name: \"k\", role: VIEWER, expiresAt: \"not-a-date\") { secret } }";
+    let (status, _, body) = post(&server, GQL_RESPONSE, json!({ "query": bad_date })).await;
+    assert_eq!((status, code(&body)), (200, "VALIDATION_FAILED"), "{body}");
+    assert!(body["errors"][0]["message"].as_str().is_some_and(|m| m.contains("DateTime")), "{body}");
+    let keys = server.data("{ apiKeys { name } }", json!({})).await;
+    assert_eq!(keys["apiKeys"], json!([]), "nothing was written");
+    // A subscription over HTTP is refused with a code that says where subscriptions run.
+    let (status, _, body) =
+        post(&server, GQL_RESPONSE, json!({ "query": "subscription { events { sequence } }" })).await;
+    assert_eq!((status, code(&body)), (400, "BAD_REQUEST"), "{body}");
+    assert!(body["errors"][0]["message"].as_str().is_some_and(|m| m.contains("WebSocket")), "{body}");
+}
+
+#[tokio::test]
+async fn a_document_named_by_hash_runs_once_the_server_has_seen_it_as_apollo_persisted_queries_expect() {
+    use sha2::{Digest, Sha256};
+    let server = Server::start().await;
+    let query = "{ me { role } }";
+    let hash = format!("{:x}", Sha256::digest(query.as_bytes()));
+    let by_hash = json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+    // Unknown: the code and message Apollo's link looks for, so it sends the document.
+    let (_, _, body) = post(&server, "application/json", by_hash.clone()).await;
+    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
+    assert_eq!(body["errors"][0]["message"], "PersistedQueryNotFound", "{body}");
+    let mut with_doc = by_hash.clone();
+    with_doc["query"] = json!(query);
+    let (status, _, body) = post(&server, "application/json", with_doc).await;
+    assert_eq!((status, &body["data"]), (200, &json!({ "me": { "role": "ADMIN" } })), "{body}");
+    // Now the hash alone runs it, over POST and GET.
+    let (_, _, body) = post(&server, "application/json", by_hash.clone()).await;
+    assert_eq!(body["data"], json!({ "me": { "role": "ADMIN" } }), "{body}");
+    let url =
+        format!("{}{}", server.graphql_url(), query_string(&[("extensions", &by_hash["extensions"].to_string())]));
+    let body: Value = server.http().get(url).send().await.expect("get").json().await.expect("json");
+    assert_eq!(body["data"], json!({ "me": { "role": "ADMIN" } }), "{body}");
+    // A document that is not what its hash says is refused.
+    let wrong = json!({ "query": "{ __typename }", "extensions": by_hash["extensions"] });
+    let (status, _, body) = post(&server, GQL_RESPONSE, wrong).await;
+    assert_eq!((status, code(&body)), (400, "BAD_REQUEST"), "{body}");
+}

@@ -60,6 +60,12 @@ async fn graphql_transport_ws_closes_with_the_codes_of_its_protocol() {
     ws.init(&server.token).await;
     ws.send(json!({ "type": "subscribe_please", "id": "1" })).await;
     assert_eq!(ws.recv().await, Received::Closed(Some(4400)));
+    // The legacy protocol's `start` is not one of graphql-transport-ws's messages either.
+    let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
+    ws.init(&server.token).await;
+    ws.send(json!({ "id": "1", "type": "start", "payload": { "query": EVENTS, "variables": { "id": workflow } } }))
+        .await;
+    assert_eq!(ws.recv().await, Received::Closed(Some(4400)));
     let mut ws = RawWs::connect(&server, "graphql-transport-ws").await;
     ws.send_text("not json".into()).await;
     assert_eq!(ws.recv().await, Received::Closed(Some(4400)));
@@ -180,6 +186,14 @@ async fn the_legacy_graphql_ws_protocol_streams_and_stops() {
     assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
     assert_eq!(sequences.len(), server.events(&short).await.len());
 
+    // An operation refused before it runs is `data` with its errors, then `complete` (the protocol's `error`
+    // carries a single error object): the connection and its other subscriptions go on.
+    ws.send(json!({ "id": "bad", "type": "start", "payload": { "query": "subscription { noSuchField }" } })).await;
+    let refused = ws.json().await;
+    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("data"), Some("bad")), "{refused}");
+    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED", "{refused}");
+    assert_eq!(ws.json().await, json!({ "type": "complete", "id": "bad" }));
+
     ws.send(start("2", &long)).await;
     assert_eq!(ws.json().await["type"], "data");
     ws.send(json!({ "type": "stop", "id": "2" })).await;
@@ -190,4 +204,19 @@ async fn the_legacy_graphql_ws_protocol_streams_and_stops() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_client_offering_both_protocols_gets_graphql_transport_ws() {
+    let server = Server::start().await;
+    // Python's gql offers the legacy protocol first.
+    for offered in ["graphql-ws, graphql-transport-ws", "graphql-transport-ws,graphql-ws"] {
+        let mut ws = RawWs::connect(&server, offered).await;
+        assert_eq!(ws.protocol.as_deref(), Some("graphql-transport-ws"), "{offered}");
+        ws.init(&server.token).await;
+        ws.send(json!({ "type": "ping" })).await;
+        assert_eq!(ws.json().await, json!({ "type": "pong" }), "{offered}");
+    }
+    let ws = RawWs::connect(&server, "graphql-ws").await;
+    assert_eq!(ws.protocol.as_deref(), Some("graphql-ws"));
 }

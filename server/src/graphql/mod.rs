@@ -1,9 +1,11 @@
 //! The GraphQL schema: query, mutation and subscription roots merged from per-domain objects, with the abuse
 //! limits and rate limits applied to every document.
 
+mod field_errors;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
+pub mod persisted;
 pub mod query;
 pub mod ratelimit;
 pub mod request;
@@ -46,14 +48,17 @@ pub fn build_schema(
     engine: Engine,
     subscriptions: subscription::ActiveSubscriptions,
     opts: SchemaOptions,
+    persisted: &persisted::PersistedQueries,
 ) -> AppSchema {
     let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(subscription::EventHub::start(engine.clone()))
         .data(engine)
         .data(subscriptions)
         .data(opts.auth)
-        // First, so it codes the parse errors the other extensions leave (the limits turn some into refusals).
+        .extension(persisted.clone())
+        // First after the document is known, so it codes the parse errors the other extensions leave (the limits turn some into refusals).
         .extension(request::RequestChecks)
+        .extension(field_errors::FieldErrors)
         .extension(crate::metrics::RequestMetrics)
         .extension(crate::hot::PlanExtension)
         // The last extension sees the parsed document first: limits are checked before the call is counted.

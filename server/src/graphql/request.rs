@@ -110,6 +110,40 @@ pub fn check_operation(op: &Positioned<OperationDefinition>, variables: &Variabl
     errors
 }
 
+/// The first invalid directive on a `__typename` field: async-graphql's validation does not look at them, and
+/// `{ __typename @include(if: "x") }` answered `data: null` without an error. Only `@include` and `@skip` with a
+/// Boolean (or variable) `if` apply to a field.
+pub fn check_typename_directives(doc: &ExecutableDocument) -> Option<ServerError> {
+    use async_graphql::parser::types::{Directive, Selection, SelectionSet};
+    fn check(d: &Positioned<Directive>) -> Option<ServerError> {
+        let name = d.node.name.node.as_str();
+        if name != "include" && name != "skip" {
+            return Some(failed(format!("Unknown directive \"@{name}\" on field \"__typename\"."), Some(d.pos)));
+        }
+        match d.node.arguments.as_slice() {
+            [(arg, value)]
+                // A value with a variable has no constant form; the variable's own type is checked elsewhere.
+                if arg.node == "if"
+                    && matches!(value.node.clone().into_const(), None | Some(async_graphql::Value::Boolean(_))) =>
+            {
+                None
+            }
+            _ => Some(failed(format!("Directive \"@{name}\" takes one argument \"if\" of type \"Boolean!\"."), Some(d.pos))),
+        }
+    }
+    fn walk(set: &SelectionSet) -> Option<ServerError> {
+        set.items.iter().find_map(|item| match &item.node {
+            Selection::Field(f) if f.node.name.node == "__typename" => f.node.directives.iter().find_map(check),
+            Selection::Field(f) => walk(&f.node.selection_set.node),
+            Selection::InlineFragment(i) => walk(&i.node.selection_set.node),
+            Selection::FragmentSpread(_) => None,
+        })
+    }
+    let operations = doc.operations.iter().map(|(_, op)| &op.node.selection_set.node);
+    let fragments = doc.fragments.values().map(|f| &f.node.selection_set.node);
+    operations.chain(fragments).find_map(walk)
+}
+
 /// Whether a response is a request error: nothing was executed (`data` null, no error has a path).
 pub fn is_request_error(resp: &async_graphql::Response) -> bool {
     resp.data == Value::Null && !resp.errors.is_empty() && resp.errors.iter().all(|e| e.path.is_empty())
@@ -147,6 +181,9 @@ impl Extension for RequestChecks {
         // One error per request here (async-graphql's hook returns one); the first is what the client fixes first.
         if let Some(first) = check_operation(op, variables).into_iter().next() {
             return Err(first);
+        }
+        if let Some(error) = check_typename_directives(&doc) {
+            return Err(error);
         }
         Ok(doc)
     }
@@ -186,6 +223,19 @@ mod tests {
             errors(q, None, serde_json::json!({ "a": null })),
             ["Variable \"$a\" of non-null type \"ID!\" must not be null."]
         );
+    }
+
+    #[test]
+    fn directives_on_typename_are_checked_like_on_any_field() {
+        let check = |q: &str| {
+            let doc = async_graphql::parser::parse_query(q).expect("parses");
+            check_typename_directives(&doc).map(|e| e.message)
+        };
+        assert_eq!(check("query($v: Boolean!) { __typename @include(if: $v) a: __typename @skip(if: false) }"), None);
+        assert!(check("{ __typename @nope }").is_some_and(|m| m.contains("@nope")));
+        assert!(check("{ __typename @include }").is_some_and(|m| m.contains("\"if\"")));
+        assert!(check("{ me { __typename @include(if: \"x\") } }").is_some_and(|m| m.contains("Boolean")));
+        assert!(check("query { ...F } fragment F on QueryRoot { __typename @skip(if: 1) }").is_some());
     }
 
     #[test]

@@ -492,6 +492,8 @@ impl Subscription {
 /// A bare WebSocket speaking `protocol` to /graphql/ws: JSON messages in and out, and the close frame at the end.
 pub struct RawWs {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// The subprotocol the server chose (its `Sec-WebSocket-Protocol`).
+    pub protocol: Option<String>,
 }
 
 /// What a [`RawWs`] received next.
@@ -512,8 +514,9 @@ impl RawWs {
         let url = format!("{}{path}", server.base.replace("http://", "ws://"));
         let mut req = url.into_client_request().expect("ws request");
         req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");
-        Self { ws }
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket connect");
+        let protocol = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Self { ws, protocol }
     }
 
     pub async fn send(&mut self, message: Value) {
