@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use taskorch_domain::{EventType, TaskId, TaskStatus, TenantId, WorkflowId, WorkflowStatus};
-use taskorch_entity::{event, task, workflow};
+use taskorch_entity::{event_chunk, task, workflow};
 
 use crate::error::Error;
 use crate::time::to_datetime;
@@ -112,17 +112,41 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    pub(crate) fn from_model(m: event::Model, workflow_name: String, tenant_id: TenantId) -> Result<Self, Error> {
-        Ok(Self {
-            workflow_id: WorkflowId(m.workflow_id),
-            sequence: m.sequence,
-            event_type: m.event_type.parse().map_err(Error::corrupt)?,
-            task_key: m.task_key,
-            at: to_datetime(m.at),
-            data: m.data.unwrap_or(Json::Null),
-            workflow_name,
-            tenant_id,
-        })
+    /// The events of a stored chunk, in sequence order.
+    pub(crate) fn from_chunk(
+        m: event_chunk::Model,
+        workflow_name: &str,
+        tenant_id: TenantId,
+    ) -> Result<Vec<Self>, Error> {
+        let events: Vec<(String, Option<String>, Json)> = serde_json::from_str(&m.events).map_err(|e| {
+            Error::corrupt(format!("events {}..={} of {}: {e}", m.first_sequence, m.last_sequence, m.workflow_id))
+        })?;
+        if events.len() as i64 != m.last_sequence - m.first_sequence + 1 {
+            return Err(Error::corrupt(format!(
+                "events {}..={} of {}: {} stored",
+                m.first_sequence,
+                m.last_sequence,
+                m.workflow_id,
+                events.len()
+            )));
+        }
+        let at = to_datetime(m.at);
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (event_type, task_key, data))| {
+                Ok(Self {
+                    workflow_id: WorkflowId(m.workflow_id),
+                    sequence: m.first_sequence + i as i64,
+                    event_type: event_type.parse().map_err(Error::corrupt)?,
+                    task_key,
+                    at,
+                    data,
+                    workflow_name: workflow_name.to_owned(),
+                    tenant_id,
+                })
+            })
+            .collect()
     }
 }
 

@@ -2,7 +2,7 @@
 //! comparisons work on SQLite and PostgreSQL; statuses are stored by their upper-case names.
 
 pub mod api_key;
-pub mod event;
+pub mod event_chunk;
 pub mod refresh_token;
 pub mod setting;
 pub mod task;

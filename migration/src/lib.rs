@@ -11,6 +11,7 @@ mod m20261126_000006_split_dispatch_index;
 mod m20261126_000007_drop_task_position_index;
 mod m20261127_000008_hot_task_updates;
 mod m20261127_000009_drop_child_foreign_keys;
+mod m20261127_000010_event_chunks;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000007_drop_task_position_index::Migration),
             Box::new(m20261127_000008_hot_task_updates::Migration),
             Box::new(m20261127_000009_drop_child_foreign_keys::Migration),
+            Box::new(m20261127_000010_event_chunks::Migration),
         ]
     }
 }

@@ -8,10 +8,8 @@ use std::io::Write;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use serde_json::Value as Json;
-use taskorch_entity::task;
+use taskorch_entity::{event_chunk, task};
 use uuid::Uuid;
-
-use crate::model::EventRecord;
 
 /// A table's columns with their PostgreSQL types, in insert order.
 pub(crate) struct Columns<const N: usize>(pub [(&'static str, &'static str); N]);
@@ -65,14 +63,13 @@ table!(
 );
 
 table!(
-    /// The `event` table; a row is an event and the time it is written at.
-    EVENT, event_cells, |e: (&EventRecord, i64)| {
-        "workflow_id" "uuid" => Cell::Id(e.0.workflow_id.0),
-        "sequence" "bigint" => Cell::Int(e.0.sequence),
-        "event_type" "text" => Cell::Text(e.0.event_type.as_str()),
-        "task_key" "text" => text(&e.0.task_key),
-        "at" "bigint" => Cell::Int(e.1),
-        "data" "json" => Cell::Json(&e.0.data),
+    /// The `event_chunk` table.
+    EVENT_CHUNK, event_chunk_cells, |c: &event_chunk::Model| {
+        "workflow_id" "uuid" => Cell::Id(c.workflow_id),
+        "last_sequence" "bigint" => Cell::Int(c.last_sequence),
+        "first_sequence" "bigint" => Cell::Int(c.first_sequence),
+        "at" "bigint" => Cell::Int(c.at),
+        "events" "text" => Cell::Text(&c.events),
     }
 );
 
@@ -216,8 +213,8 @@ mod tests {
         let listed: std::collections::BTreeSet<String> = TASK.0.iter().map(|(n, _)| (*n).to_owned()).collect();
         assert_eq!(entity, listed);
         let entity: std::collections::BTreeSet<String> =
-            taskorch_entity::event::Column::iter().map(|c| sea_orm::IdenStatic::as_str(&c).to_owned()).collect();
-        let listed: std::collections::BTreeSet<String> = EVENT.0.iter().map(|(n, _)| (*n).to_owned()).collect();
+            taskorch_entity::event_chunk::Column::iter().map(|c| sea_orm::IdenStatic::as_str(&c).to_owned()).collect();
+        let listed: std::collections::BTreeSet<String> = EVENT_CHUNK.0.iter().map(|(n, _)| (*n).to_owned()).collect();
         assert_eq!(entity, listed);
     }
 

@@ -13,7 +13,7 @@ mod tests;
 
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
 use taskorch_domain::NewEvent;
-use taskorch_entity::event;
+use taskorch_entity::event_chunk;
 use uuid::Uuid;
 
 pub(crate) use auth::KeyWithHash;
@@ -234,24 +234,55 @@ fn numbered<'a>(
     })
 }
 
-/// Inserts event rows: one `unnest` of array literals on PostgreSQL (`bulk`), multi-row chunks elsewhere.
+/// The most events one chunk row holds: a 10,000-task submission writes 40 rows, and a reader replaying from the
+/// middle of a workflow parses at most this many events it does not need.
+const CHUNK_EVENTS: usize = 256;
+
+/// Inserts events as chunk rows (`event_chunk`): each run of one workflow's consecutive events, at most
+/// [`CHUNK_EVENTS`] to a row. One `unnest` of array literals on PostgreSQL (`bulk`), multi-row chunks elsewhere.
 async fn insert_events<C: ConnectionTrait>(conn: &C, records: &[EventRecord], at: i64) -> Result<(), DbErr> {
+    let chunks = chunks(records, at)?;
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let rows = records.iter().map(|r| bulk::event_cells((r, at)));
-        return bulk::insert_rows(conn, "event", &bulk::EVENT, rows).await;
+        return bulk::insert_rows(conn, "event_chunk", &bulk::EVENT_CHUNK, chunks.iter().map(bulk::event_chunk_cells))
+            .await;
     }
-    for chunk in records.chunks(2000) {
-        let models = chunk.iter().map(|r| event::ActiveModel {
-            workflow_id: sea_orm::Set(r.workflow_id.0),
-            sequence: sea_orm::Set(r.sequence),
-            event_type: sea_orm::Set(r.event_type.as_str().to_owned()),
-            task_key: sea_orm::Set(r.task_key.clone()),
-            at: sea_orm::Set(at),
-            data: sea_orm::Set(if r.data.is_null() { None } else { Some(r.data.clone()) }),
+    for part in chunks.chunks(500) {
+        let models = part.iter().map(|c| event_chunk::ActiveModel {
+            workflow_id: sea_orm::Set(c.workflow_id),
+            last_sequence: sea_orm::Set(c.last_sequence),
+            first_sequence: sea_orm::Set(c.first_sequence),
+            at: sea_orm::Set(c.at),
+            events: sea_orm::Set(c.events.clone()),
         });
-        event::Entity::insert_many(models).exec_without_returning(conn).await?;
+        event_chunk::Entity::insert_many(models).exec_without_returning(conn).await?;
     }
     Ok(())
+}
+
+/// Events grouped into chunk rows: runs of one workflow's consecutive sequence numbers, in the records' order.
+fn chunks(records: &[EventRecord], at: i64) -> Result<Vec<event_chunk::Model>, DbErr> {
+    let mut out = Vec::new();
+    let mut rest = records;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take(CHUNK_EVENTS)
+            .enumerate()
+            .take_while(|(i, r)| r.workflow_id == first.workflow_id && r.sequence == first.sequence + *i as i64)
+            .count();
+        let (head, tail) = rest.split_at(run);
+        let cells: Vec<(&str, &Option<String>, &serde_json::Value)> =
+            head.iter().map(|r| (r.event_type.as_str(), &r.task_key, &r.data)).collect();
+        out.push(event_chunk::Model {
+            workflow_id: first.workflow_id.0,
+            last_sequence: first.sequence + run as i64 - 1,
+            first_sequence: first.sequence,
+            at,
+            events: serde_json::to_string(&cells).map_err(|e| DbErr::Custom(format!("events: {e}")))?,
+        });
+        rest = tail;
+    }
+    Ok(out)
 }
 
 /// Task keys from rows of `… RETURNING key, position`, in definition order (RETURNING has no order of its own).

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use taskorch_domain::WorkflowId;
-use taskorch_entity::{event, task, workflow};
+use taskorch_entity::{event_chunk, task, workflow};
 
 use super::Store;
 
@@ -94,16 +94,27 @@ impl Store {
         let Some(wf) = self.workflow_row(id).await? else {
             return Ok(Vec::new());
         };
-        let rows = event::Entity::find()
-            .filter(event::Column::WorkflowId.eq(id.0))
-            .filter(event::Column::Sequence.gt(after_sequence))
-            .order_by_asc(event::Column::Sequence)
+        // Every chunk that ends after `after_sequence` holds at least one wanted event, so `limit` chunks hold enough.
+        let chunks = event_chunk::Entity::find()
+            .filter(event_chunk::Column::WorkflowId.eq(id.0))
+            .filter(event_chunk::Column::LastSequence.gt(after_sequence))
+            .order_by_asc(event_chunk::Column::LastSequence)
             .limit(limit)
             .all(&self.db.read)
             .await?;
-        rows.into_iter()
-            .map(|m| EventRecord::from_model(m, wf.name.clone(), taskorch_domain::TenantId(wf.tenant_id)))
-            .collect()
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            for record in EventRecord::from_chunk(chunk, &wf.name, taskorch_domain::TenantId(wf.tenant_id))? {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if record.sequence > after_sequence {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The newest event sequence of each workflow (for subscribers polling the log).

@@ -381,10 +381,11 @@ async fn migration_8_gives_existing_rows_their_queue_position_and_leased_rows_th
     use taskorch_migration::{Migrator, MigratorTrait};
     let (url, _fixture) = fresh_database();
     let db = Database::connect(&url, PoolOptions::default()).await.expect("connect");
-    Migrator::up(&db.write, Some(7)).await.expect("migrations 1-7");
+    db.migrate().await.expect("migrate");
     let store = Store::new(db);
     let keys = ["done", "waiting", "running", "due", "dispatched"];
     let (wf, _) = submit(&store, keys.iter().map(|k| TaskSpec::new(*k, "noop")).collect(), None).await;
+    Migrator::down(&store.db.write, Some(3)).await.expect("back to migration 7");
     // The rows as migration 7's code left them: `dispatched_until` 0 unless a dispatch is in flight.
     let lease = crate::time::now_us() - 1;
     for (key, status, dispatched_until, lease_until) in [
@@ -577,4 +578,48 @@ async fn a_long_peeked_attempt_is_claimed_once_with_its_start_and_goes_on_throug
     }
     // A new attempt does not start while paused: the peek leaves it out.
     assert!(store.peek(&due).await.expect("peek").is_empty());
+}
+
+/// Rows of `table` holding `wf`'s events.
+async fn event_rows(store: &Store, table: &str, wf: uuid::Uuid) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let sql = format!("SELECT COUNT(*) FROM {table} WHERE workflow_id = ?");
+    let row = store.db.write.query_one_raw(store.db.stmt(&sql, vec![wf.into()])).await.expect("count");
+    row.expect("a row").try_get_by_index(0).expect("count")
+}
+
+#[tokio::test]
+async fn events_come_back_from_their_chunks_in_any_page_and_through_migration_10_both_ways() {
+    use taskorch_domain::{EventType, NewEvent};
+    use taskorch_migration::{Migrator, MigratorTrait};
+    let (store, _fixture) = store().await;
+    // 300 tasks: WORKFLOW_STARTED and 300 TASK_QUEUED, more than one chunk holds.
+    let (wf, _) = submit(&store, (0..300).map(|i| TaskSpec::new(format!("t{i}"), "noop")).collect(), None).await;
+    let data = json!({ "error": "say \"hi\" \\o/ ✓ {a,b} NULL", "n": [1, null, 2.5] });
+    let failed = NewEvent::task(EventType::TaskFailed, "t7").with_data(data.clone());
+    store.append_events(&store.db.write, wf, vec![failed], crate::time::now_us()).await.expect("append");
+    assert_eq!(event_rows(&store, "event_chunk", wf).await, 3, "256 + 45 submitted events, then one");
+
+    let id = taskorch_domain::WorkflowId(wf);
+    let all = store.events(id, 0, 1000).await.expect("events");
+    assert_eq!(all.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=302).collect::<Vec<_>>());
+    assert_eq!(all[0].event_type, EventType::WorkflowStarted);
+    assert_eq!((all[0].task_key.as_deref(), &all[0].data), (None, &serde_json::Value::Null));
+    assert_eq!((all[1].event_type, all[1].task_key.as_deref()), (EventType::TaskQueued, Some("t0")));
+    assert_eq!((all[301].event_type, all[301].task_key.as_deref()), (EventType::TaskFailed, Some("t7")));
+    assert_eq!(all[301].data, data);
+    // Pages start and end inside chunks and cross from one to the next.
+    for (after, limit) in [(100, 5), (250, 10), (255, 1), (256, 1), (300, 10), (302, 10), (0, 1)] {
+        let page = store.events(id, after, limit).await.expect("page");
+        let want: Vec<_> = all.iter().filter(|e| e.sequence > after).take(limit as usize).cloned().collect();
+        assert_eq!(page, want, "after {after}, at most {limit}");
+    }
+
+    // Down to one row per event and back: the same events.
+    Migrator::down(&store.db.write, Some(1)).await.expect("migration 10 down");
+    assert_eq!(event_rows(&store, "event", wf).await, 302);
+    Migrator::up(&store.db.write, None).await.expect("migration 10 up");
+    assert_eq!(event_rows(&store, "event_chunk", wf).await, 302, "an existing event becomes a chunk of its own");
+    assert_eq!(store.events(id, 0, 1000).await.expect("events"), all);
+    assert_eq!(store.events(id, 250, 10).await.expect("page"), all[250..260].to_vec());
 }
