@@ -159,10 +159,17 @@ pub enum Error {
     InvalidTimeout { key: String, timeout_ms: i64 },
     #[error("task `{key}`: {source}")]
     InvalidRetry { key: String, source: crate::retry::Error },
+    #[error("the payload of task `{key}` nests arrays and objects {depth} levels deep, more than the limit of {max}")]
+    PayloadTooDeep { key: String, depth: usize, max: usize },
     #[error("idempotency keys are 1 to 256 characters")]
     InvalidIdempotencyKey,
     #[error("task `{key}`: idempotency keys are 1 to 256 characters")]
     InvalidTaskIdempotencyKey { key: String },
+}
+
+/// Whether an idempotency key (of a workflow or a task) is 1–256 characters (not bytes).
+pub fn is_valid_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.chars().count() <= 256
 }
 
 /// Whether `key` is 1–128 characters of `[A-Za-z0-9_.-]`.
@@ -207,9 +214,7 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
     if spec.name.is_empty() || spec.name.chars().count() > 200 {
         return Err(Error::InvalidName);
     }
-    if let Some(k) = &spec.idempotency_key
-        && (k.is_empty() || k.len() > 256)
-    {
+    if spec.idempotency_key.as_deref().is_some_and(|k| !is_valid_idempotency_key(k)) {
         return Err(Error::InvalidIdempotencyKey);
     }
     if spec.tasks.is_empty() {
@@ -231,11 +236,16 @@ pub fn validate(spec: WorkflowSpec, limits: &Limits) -> Result<ValidatedWorkflow
         {
             return Err(Error::InvalidKind { key: task.key.clone() });
         }
-        if task.config.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        if task.config.idempotency_key.as_deref().is_some_and(|k| !is_valid_idempotency_key(k)) {
             return Err(Error::InvalidTaskIdempotencyKey { key: task.key.clone() });
         }
         if index.insert(task.key.as_str(), i).is_some() {
             return Err(Error::DuplicateKey { key: task.key.clone() });
+        }
+        let depth = crate::json::depth(&task.payload)
+            .max(task.compensation.as_ref().map_or(0, |c| crate::json::depth(&c.payload)));
+        if depth > crate::json::MAX_JSON_DEPTH {
+            return Err(Error::PayloadTooDeep { key: task.key.clone(), depth, max: crate::json::MAX_JSON_DEPTH });
         }
         let size = payload_size(&task.payload) + task.compensation.as_ref().map_or(0, |c| payload_size(&c.payload));
         if size > limits.max_payload_bytes {
@@ -413,10 +423,35 @@ mod tests {
                 vec![TaskSpec { payload: big, ..TaskSpec::new("a", "noop") }],
                 Error::PayloadTooLarge { key: "a".into(), size: 307_211, max: 262_144 },
             ),
+            (
+                vec![TaskSpec {
+                    payload: (0..101).fold(serde_json::json!(1), |v, _| serde_json::json!([v])),
+                    ..TaskSpec::new("a", "noop")
+                }],
+                Error::PayloadTooDeep { key: "a".into(), depth: 101, max: 100 },
+            ),
+            (
+                vec![TaskSpec {
+                    config: TaskConfig { idempotency_key: Some("é".repeat(257)), ..TaskConfig::default() },
+                    ..TaskSpec::new("a", "noop")
+                }],
+                Error::InvalidTaskIdempotencyKey { key: "a".into() },
+            ),
         ];
         for (tasks, expected) in cases {
             assert_eq!(check(tasks).unwrap_err(), expected);
         }
+        // Idempotency keys are counted in characters: 256 two-byte characters are fine.
+        let accented = TaskSpec {
+            config: TaskConfig { idempotency_key: Some("é".repeat(256)), ..TaskConfig::default() },
+            ..TaskSpec::new("a", "noop")
+        };
+        assert!(check(vec![accented]).is_ok());
+        let mut spec = wf(vec![TaskSpec::new("a", "noop")]);
+        spec.idempotency_key = Some("é".repeat(256));
+        assert!(validate(spec.clone(), &Limits::default()).is_ok());
+        spec.idempotency_key = Some("é".repeat(257));
+        assert_eq!(validate(spec, &Limits::default()).unwrap_err(), Error::InvalidIdempotencyKey);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dag;
 pub mod event;
 pub mod ids;
+pub mod json;
 pub mod lifecycle;
 pub mod ratelimit;
 pub mod retry;

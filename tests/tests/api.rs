@@ -144,6 +144,16 @@ async fn every_bad_input_has_its_code_and_writes_nothing() {
             "VALIDATION_FAILED",
             "limit of 100",
         ),
+        (
+            json!([{ "key": "a", "kind": "noop", "payload": (0..101).fold(json!(1), |v, _| json!([v])) }]),
+            "VALIDATION_FAILED",
+            "101 levels deep",
+        ),
+        (
+            json!([{ "key": "a", "kind": "noop", "idempotencyKey": "é".repeat(257) }]),
+            "VALIDATION_FAILED",
+            "idempotency keys",
+        ),
         (json!([t("bad key!", &[])]), "VALIDATION_FAILED", "bad key!"),
         (json!([{ "key": "a", "kind": "noop", "priority": 10 }]), "VALIDATION_FAILED", "priorit"),
         (json!([{ "key": "a", "kind": "noop", "timeoutMs": 0 }]), "VALIDATION_FAILED", "timeoutMs"),

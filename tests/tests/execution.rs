@@ -337,6 +337,31 @@ async fn bad_handler_input_fails_the_task_with_a_clear_error_and_the_worker_goes
 }
 
 #[tokio::test]
+async fn a_result_nested_too_deep_to_store_fails_its_task_and_the_workflow_stays_readable() {
+    let server = Server::start().await;
+    // Each `echo` returns `{payload, inputs: {dependency: result}}`: two levels deeper than its dependency's result.
+    let tasks: Vec<Value> = (0..70)
+        .map(|i| {
+            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("t{}", i - 1)] };
+            json!({ "key": format!("t{i}"), "kind": "echo", "dependsOn": deps, "retry": { "maxAttempts": 1 } })
+        })
+        .collect();
+    let id = server.submit(json!({ "name": "deep", "tasks": tasks })).await;
+    server.wait_finished(&id, MINUTE).await;
+    let wf = server.workflow(&id).await;
+    assert_eq!(wf["status"], "FAILED", "{wf}");
+    let tasks = wf["tasks"].as_array().expect("the tasks read back");
+    let failed: Vec<&Value> = tasks.iter().filter(|t| t["status"] == "FAILED").collect();
+    assert_eq!(failed.len(), 1, "{wf}");
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("levels deep") && error.contains("limit of 100"), "{error}");
+    assert!(tasks.iter().filter(|t| t["status"] == "COMPLETED").count() >= 45, "the tasks before it completed: {wf}");
+    // The page of workflows reads too.
+    let page = server.data("{ workflows(first: 5) { edges { node { tasks { key result } } } } }", json!({})).await;
+    assert_eq!(page["workflows"]["edges"][0]["node"]["tasks"].as_array().map(Vec::len), Some(70));
+}
+
+#[tokio::test]
 async fn sigterm_lets_running_attempts_finish_and_exits_cleanly() {
     let mut server = Server::start().await;
     let id = server

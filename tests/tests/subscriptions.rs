@@ -355,6 +355,8 @@ async fn retry_workflow_reruns_failed_and_downstream_and_keeps_completed_results
             "WORKFLOW_COMPLETED"
         ]
     );
+    // The resume names every task put back: `c` waits for `b` again without an event of its own.
+    assert_eq!(seen[0]["data"], json!({ "reason": "retry", "tasks": ["b", "c"] }));
     let wf = server.workflow(&id).await;
     assert_eq!(wf["status"], "COMPLETED");
     assert_eq!(wf["tasks"][0]["finishedAt"], a_finished, "a was not re-run");
@@ -399,6 +401,20 @@ async fn a_late_subscriber_gets_the_rest_without_gap_or_duplicate() {
     common::assert_gapless(&tail, 6);
     assert_eq!(tail, first[5..].to_vec(), "the late subscriber saw exactly the rest");
     assert_eq!(tail.last().unwrap()["type"], "WORKFLOW_COMPLETED");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_starts_at_or_after_the_final_event_completes_when_the_workflow_ends() {
+    let server = Server::start().await;
+    // One task: WORKFLOW_STARTED, TASK_QUEUED, TASK_STARTED, TASK_COMPLETED, WORKFLOW_COMPLETED — 5 is the last.
+    let id = server.submit(json!({ "name": "ahead", "tasks": sleep_chain(1, 400) })).await;
+    let mut at_end = server.subscribe(EVENTS, json!({ "id": id, "after": 5 })).await;
+    let mut beyond = server.subscribe(EVENTS, json!({ "id": id, "after": 100 })).await;
+    for sub in [&mut at_end, &mut beyond] {
+        let events = tokio::time::timeout(MINUTE, sub.collect_until_complete()).await.expect("the stream completes");
+        assert_eq!(events, Vec::<Value>::new(), "nothing after the cursor");
+    }
+    assert_eq!(server.events(&id).await.len(), 5);
 }
 
 /// Subscribers with the same document, variables and credential share one execution of the stream (see

@@ -84,8 +84,12 @@ impl Store {
                 events.extend(keys.into_iter().map(|k| NewEvent::task(EventType::TaskCompensating, k)));
             }
             (Action::Retry, _) => {
-                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(json!({ "reason": "retry" })));
-                events.extend(self.rerun_failed(&txn, wf, now).await?);
+                let (retried, queued) = self.rerun_failed(&txn, wf, now).await?;
+                // The tasks put back, queued or waiting for their dependencies again: the log's record of the
+                // change for the ones that get no TASK_QUEUED now.
+                let data = json!({ "reason": "retry", "tasks": retried });
+                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(data));
+                events.extend(queued);
             }
         }
         let records = self.append_events(&txn, wf, events, now).await?;
@@ -98,7 +102,13 @@ impl Store {
     }
 
     /// Puts FAILED and CANCELLED tasks back: queued when their dependencies are complete, pending otherwise.
-    async fn rerun_failed<C: ConnectionTrait>(&self, conn: &C, wf: Uuid, now: i64) -> Result<Vec<NewEvent>, Error> {
+    /// Returns the keys of the tasks put back and the TASK_QUEUED events of the queued ones.
+    async fn rerun_failed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        wf: Uuid,
+        now: i64,
+    ) -> Result<(Vec<String>, Vec<NewEvent>), Error> {
         let rows = conn
             .query_all_raw(self.db.stmt(
                 "SELECT id, key, status, depends_on FROM task WHERE workflow_id = ? ORDER BY position",
@@ -120,7 +130,9 @@ impl Store {
         let deps: Vec<Vec<usize>> =
             dep_keys.iter().map(|ds| ds.iter().filter_map(|k| index.get(k.as_str()).copied()).collect()).collect();
         let mut events = Vec::new();
+        let mut retried = Vec::new();
         for (i, step) in retry_plan(&statuses, &deps) {
+            retried.push(keys[i].clone());
             let (status, pending, queued_at, dispatched_until) = match step {
                 RetryStep::Queue => (TaskStatus::Queued, 0, Some(now), DUE),
                 RetryStep::Wait { pending } => (TaskStatus::Pending, pending as i32, None, IN_NO_QUEUE),
@@ -143,7 +155,7 @@ impl Store {
                 events.push(NewEvent::task(EventType::TaskQueued, keys[i].clone()));
             }
         }
-        Ok(events)
+        Ok((retried, events))
     }
 
     /// Ids of the workflows matching a filter (for bulk actions).

@@ -222,7 +222,10 @@ async fn execute(
         }
         Some(Err(join)) => OutcomeKind::Failed(format!("handler crashed: {join}")),
         Some(Ok(Err(e))) => OutcomeKind::Failed(e.0),
-        Some(Ok(Ok(value))) => OutcomeKind::Completed(value),
+        Some(Ok(Ok(value))) => match taskorch_domain::json::result_refusal(&value) {
+            None => OutcomeKind::Completed(value),
+            Some(refusal) => OutcomeKind::Failed(refusal),
+        },
     };
     match &kind {
         OutcomeKind::Failed(error) if !timed_out => {

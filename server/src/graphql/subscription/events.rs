@@ -133,6 +133,13 @@ impl EventSubscription {
                     match received {
                         Ok(e) if e.workflow_id == id => {
                             if e.sequence <= last {
+                                // Not for this stream (it started after it), but the workflow may end with it.
+                                if e.event_type.may_end_workflow() && is_finished(&engine, id, e.sequence).await {
+                                    for e in rest_of_log(&engine, id, last).await {
+                                        yield Ok(WorkflowEvent::from(e));
+                                    }
+                                    break 'outer;
+                                }
                                 continue;
                             }
                             if e.sequence > last + 1 {

@@ -88,7 +88,8 @@ pub enum EventType {
     WorkflowCancelled,
     /// The workflow was paused.
     WorkflowPaused,
-    /// The workflow was resumed.
+    /// The workflow was resumed. After `retryWorkflow` its data is `{reason: "retry", tasks: [keys]}`: the tasks
+    /// put back (each queued again, with its TASK_QUEUED, or waiting for its dependencies).
     WorkflowResumed,
 }
 
