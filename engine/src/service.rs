@@ -279,6 +279,15 @@ impl Engine {
     }
 
     /// The newest event sequence of each workflow (subscription hubs poll it for events of other processes).
+    /// See [`Store::chunks_written_after`].
+    pub async fn chunks_written_after(
+        &self,
+        cursor: Option<i64>,
+        limit: u64,
+    ) -> Result<Option<Vec<crate::store::ChunkHead>>, Error> {
+        self.inner.store.chunks_written_after(cursor, limit).await
+    }
+
     pub async fn last_sequences(
         &self,
         ids: &[WorkflowId],

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Subscription, types};
+use common::{Server, ServerOptions, Subscription, types};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -477,6 +477,35 @@ async fn the_firehose_filters_by_name_and_type() {
     let e = tokio::time::timeout(MINUTE, sub.next()).await.unwrap().unwrap();
     assert_eq!(e["events"]["type"], "WORKFLOW_COMPLETED");
     assert_eq!(e["events"]["workflowId"], watched.as_str());
+}
+
+#[tokio::test]
+async fn the_firehose_carries_the_events_of_a_separate_worker() {
+    // On the embedded default the bus is the server's own: the worker's events come from following the log.
+    let server = Server::start_with(ServerOptions { worker: false, ..ServerOptions::default() }).await;
+    let mut worker = server.spawn_worker(&[]);
+    let mut sub = server
+        .subscribe(
+            "subscription { events(filter: { workflowName: \"elsewhere\" }) { sequence type taskKey workflowId } }",
+            json!({}),
+        )
+        .await;
+    let id = server.submit(json!({ "name": "elsewhere", "tasks": sleep_chain(3, 50) })).await;
+    let mut seen = Vec::new();
+    loop {
+        let e = tokio::time::timeout(MINUTE, sub.next()).await.expect("an event in time").expect("open");
+        let e = e["events"].clone();
+        let done = e["type"] == "WORKFLOW_COMPLETED";
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    common::assert_gapless(&seen, 1);
+    assert_eq!(seen.len(), server.events(&id).await.len(), "every stored event, once: {seen:?}");
+    assert!(seen.iter().all(|e| e["workflowId"] == id.as_str()));
 }
 
 #[tokio::test]

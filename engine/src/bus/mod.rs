@@ -22,6 +22,11 @@ pub trait EventBus: Send + Sync + 'static {
     fn healthy(&self) -> bool {
         true
     }
+    /// Whether the bus carries the events of other processes too (Redis); an in-process bus carries this
+    /// process's events only.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Broadcast within one process.

@@ -51,6 +51,10 @@ impl EventBus for RedisEventBus {
     fn healthy(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 /// Publishes in commit order; when Redis refuses, local subscribers still get the events.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 pub(crate) use auth::KeyWithHash;
 pub use exec::{Claimed, Continuation, Outcome, OutcomeKind, Report};
-pub use read::TaskStats;
+pub use read::{ChunkHead, TaskStats};
 pub use submit::{DispatchAtSubmit, NewWorkflow, SubmitOutcome};
 
 use crate::db::Database;

@@ -8,6 +8,18 @@ use taskorch_entity::{event_chunk, task, workflow};
 
 use super::Store;
 
+/// Where a chunk of events stands in the log (see [`Store::chunks_written_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkHead {
+    /// Its place in the order chunks were written.
+    pub rowid: i64,
+    pub workflow: WorkflowId,
+    pub first_sequence: i64,
+    pub last_sequence: i64,
+    /// When it was written (µs).
+    pub at: i64,
+}
+
 /// Counts for metrics.
 #[derive(Debug, Default)]
 pub struct TaskStats {
@@ -115,6 +127,47 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Event chunks in the order they were written (SQLite's `rowid`), after `cursor`: `(rowid, workflow,
+    /// first_sequence, last_sequence, at)`, at most `limit`. `None` on PostgreSQL, whose rows have no such order. With no `cursor`,
+    /// the newest rowid alone (where following starts).
+    pub async fn chunks_written_after(&self, cursor: Option<i64>, limit: u64) -> Result<Option<Vec<ChunkHead>>, Error> {
+        if self.db.backend != sea_orm::DbBackend::Sqlite {
+            return Ok(None);
+        }
+        let rows = match cursor {
+            None => {
+                self.db
+                    .read
+                    .query_all_raw(
+                        self.db.stmt("SELECT COALESCE(MAX(rowid), 0), NULL, 0, 0, 0 FROM event_chunk", vec![]),
+                    )
+                    .await?
+            }
+            Some(after) => {
+                self.db
+                    .read
+                    .query_all_raw(self.db.stmt(
+                        "SELECT rowid, workflow_id, first_sequence, last_sequence, at FROM event_chunk WHERE rowid > ? \
+                         ORDER BY rowid LIMIT ?",
+                        vec![after.into(), (limit as i64).into()],
+                    ))
+                    .await?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let workflow = r.try_get_by_index::<Option<uuid::Uuid>>(1)?.unwrap_or_default();
+            out.push(ChunkHead {
+                rowid: r.try_get_by_index(0)?,
+                workflow: WorkflowId(workflow),
+                first_sequence: r.try_get_by_index(2)?,
+                last_sequence: r.try_get_by_index(3)?,
+                at: r.try_get_by_index(4)?,
+            });
+        }
+        Ok(Some(out))
     }
 
     /// The newest event sequence of each workflow (for subscribers polling the log).

@@ -52,6 +52,7 @@ pub fn build_schema(
 ) -> AppSchema {
     let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(subscription::EventHub::start(engine.clone()))
+        .data(subscription::LogFollower::new(engine.clone()))
         .data(engine)
         .data(subscriptions)
         .data(opts.auth)

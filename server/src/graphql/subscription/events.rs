@@ -189,8 +189,11 @@ impl EventSubscription {
         let name = filter.workflow_name;
         let mut live = engine.bus().subscribe();
         let guard = ctx.data::<ActiveSubscriptions>()?.enter();
+        // Without a shared bus, other processes' events come from following the log.
+        let watch = ctx.data::<super::LogFollower>()?.watch();
         Ok(async_stream::stream! {
             let _guard = guard;
+            let _watch = watch;
             loop {
                 let received = tokio::select! {
                     r = live.recv() => Some(r),
