@@ -41,9 +41,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long a graphql-transport-ws client has to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The subprotocol the connection speaks, of those the client offered (`Sec-WebSocket-Protocol`): graphql-transport-ws
-/// when it is offered at all (clients such as Python's gql offer the legacy graphql-ws first), else the legacy
-/// graphql-ws; 400 when the client offers neither.
+/// The subprotocol the connection speaks: the first of those the client offers (`Sec-WebSocket-Protocol`) that is
+/// graphql-transport-ws or the legacy graphql-ws; 400 when it offers neither. The client's order wins: Python's gql
+/// offers the legacy protocol first, and reads the answer's header by its title-case name only, so whatever the
+/// server answers it speaks the legacy protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct Protocol(pub WebSocketProtocols);
 
@@ -55,10 +56,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Protocol {
             .headers
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
-            .and_then(|list| {
-                let offered = || list.split(',').filter_map(|p| p.trim().parse::<WebSocketProtocols>().ok());
-                offered().find(|p| *p == WebSocketProtocols::GraphQLWS).or_else(|| offered().next())
-            })
+            .and_then(|list| list.split(',').find_map(|p| p.trim().parse::<WebSocketProtocols>().ok()))
             .map(Self)
             .ok_or(StatusCode::BAD_REQUEST)
     }
