@@ -87,6 +87,12 @@ async fn request_errors_carry_codes_and_the_status_of_the_accepted_media_type() 
             "GRAPHQL_VALIDATION_FAILED",
             "$n",
         ),
+        (
+            json!({ "query": "query($n: Int) { workflows(first: $n) { edges { cursor } } }",
+                    "variables": { "n": 2147483648i64 } }),
+            "GRAPHQL_VALIDATION_FAILED",
+            "32-bit",
+        ),
     ];
     for (request, expected, says) in cases {
         let (status, ty, body) = post(&server, GQL_RESPONSE, request.clone()).await;

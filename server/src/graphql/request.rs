@@ -88,6 +88,13 @@ pub fn check_operation(op: &Positioned<OperationDefinition>, variables: &Variabl
     let mut errors = Vec::new();
     for def in &op.node.variable_definitions {
         let def = &def.node;
+        if let Some(value) = variables.get(&def.name.node)
+            && let Some(problem) = scalar_problem(&def.var_type.node, value)
+        {
+            let name = &def.name.node;
+            errors.push(failed(format!("Variable \"${name}\" got an invalid value: {problem}."), Some(def.name.pos)));
+            continue;
+        }
         if def.var_type.node.nullable || def.default_value.is_some() {
             continue;
         }
@@ -142,6 +149,28 @@ pub fn check_typename_directives(doc: &ExecutableDocument) -> Option<ServerError
     let operations = doc.operations.iter().map(|(_, op)| &op.node.selection_set.node);
     let fragments = doc.fragments.values().map(|f| &f.node.selection_set.node);
     operations.chain(fragments).find_map(walk)
+}
+
+/// Why a variable's value is not a value of its type, for the scalars whose check async-graphql leaves to the
+/// resolver (which made it a field error after other fields had run): `Int` is a 32-bit signed integer, `DateTime`
+/// an RFC 3339 date and time. Lists are checked item by item.
+fn scalar_problem(ty: &async_graphql::parser::types::Type, value: &Value) -> Option<String> {
+    use async_graphql::parser::types::BaseType;
+    match (&ty.base, value) {
+        (_, Value::Null) => None,
+        (BaseType::List(item), Value::List(items)) => items.iter().find_map(|v| scalar_problem(item, v)),
+        (BaseType::List(item), single) => scalar_problem(item, single),
+        (BaseType::Named(name), Value::Number(n)) if name.as_str() == "Int" => {
+            let fits = n.as_i64().is_some_and(|i| i32::try_from(i).is_ok());
+            (!fits).then(|| format!("Int is a 32-bit signed integer (-2147483648 to 2147483647), not {n}"))
+        }
+        (BaseType::Named(name), Value::String(text)) if name.as_str() == "DateTime" => {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .err()
+                .map(|_| format!("DateTime is an RFC 3339 date and time (2026-01-31T12:00:00Z), not \"{text}\""))
+        }
+        _ => None,
+    }
 }
 
 /// Whether a response is a request error: nothing was executed (`data` null, no error has a path).
@@ -223,6 +252,19 @@ mod tests {
             errors(q, None, serde_json::json!({ "a": null })),
             ["Variable \"$a\" of non-null type \"ID!\" must not be null."]
         );
+    }
+
+    #[test]
+    fn int_and_datetime_variables_are_checked_before_anything_runs() {
+        let q = "query($n: Int, $l: [Int!], $t: DateTime) { __typename }";
+        assert!(
+            errors(q, None, serde_json::json!({ "n": 2147483647, "l": [1, -2147483648], "t": "2026-11-28T00:00:00Z" }))
+                .is_empty()
+        );
+        assert!(errors(q, None, serde_json::json!({ "n": 2147483648i64 }))[0].contains("32-bit"));
+        assert!(errors(q, None, serde_json::json!({ "l": [1, 2.5] }))[0].contains("not 2.5"));
+        assert!(errors(q, None, serde_json::json!({ "t": "yesterday" }))[0].contains("RFC 3339"));
+        assert!(errors(q, None, serde_json::json!({ "n": null, "t": null })).is_empty());
     }
 
     #[test]
