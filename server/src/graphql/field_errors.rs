@@ -31,6 +31,8 @@ struct Placed {
     executing: std::sync::atomic::AtomicBool,
     /// Errors of nullable fields answered `null`, added to the response when the execution ends.
     errors: Mutex<Vec<ServerError>>,
+    /// Whether a non-null field failed in this execution (then `pending` is looked at).
+    failed: std::sync::atomic::AtomicBool,
     /// Paths of failed non-null fields whose nearest nullable ancestor has not finished yet.
     pending: Mutex<Vec<Vec<PathSegment>>>,
 }
@@ -71,6 +73,9 @@ fn is_ancestor(node: &QueryPathNode<'_>, path: &[PathSegment]) -> bool {
 impl Placed {
     /// Takes the pending failures below `node`, if there are any.
     fn absorb(&self, node: &QueryPathNode<'_>) -> bool {
+        if !self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return false; // no non-null field failed: nothing to look up
+        }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let before = pending.len();
         pending.retain(|path| !is_ancestor(node, path));
@@ -115,6 +120,7 @@ impl Extension for Placed {
                 Ok(None)
             }
             Err(e) => {
+                self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(e.path.clone());
                 Err(coded(e))
             }

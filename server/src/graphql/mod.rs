@@ -73,5 +73,9 @@ pub fn build_schema(
 
 /// The SDL without an engine (for `print-schema` and the drift test).
 pub fn sdl() -> String {
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish().sdl()
+    // With `@specifiedBy` on the scalars that have it, as introspection reports them.
+    let options = async_graphql::SDLExportOptions::new().include_specified_by();
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .finish()
+        .sdl_with_options(options)
 }
