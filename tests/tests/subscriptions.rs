@@ -197,6 +197,7 @@ async fn a_failed_compensation_resumes_with_retry_workflow() {
         keyed(&seen),
         vec!["WORKFLOW_RESUMED", "TASK_COMPENSATING a", "TASK_COMPENSATED a", "WORKFLOW_COMPENSATED"]
     );
+    assert_eq!(seen[0]["data"], json!({ "reason": "retry", "tasks": ["a"] }));
     common::assert_gapless(&seen, first.len() as i64 + 1);
     assert_eq!(server.workflow(&id).await["status"], "COMPENSATED");
 }

@@ -71,7 +71,6 @@ impl Store {
                 events.push(NewEvent::workflow(EventType::WorkflowResumed));
             }
             (Action::Retry, WorkflowStatus::CompensationFailed) => {
-                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(json!({ "reason": "retry" })));
                 let rows = txn
                     .query_all_raw(self.db.stmt(
                         "UPDATE task SET status = 'COMPENSATING', lease_until = NULL, available_at = ?, \
@@ -81,6 +80,8 @@ impl Store {
                     ))
                     .await?;
                 let keys = keys_in_order(&rows)?;
+                let data = json!({ "reason": "retry", "tasks": keys });
+                events.push(NewEvent::workflow(EventType::WorkflowResumed).with_data(data));
                 events.extend(keys.into_iter().map(|k| NewEvent::task(EventType::TaskCompensating, k)));
             }
             (Action::Retry, _) => {

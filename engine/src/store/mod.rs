@@ -77,6 +77,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Locks workflow rows (in id order, as every transaction does) for the rest of the transaction, on PostgreSQL:
+    /// a decision that reads the workflow's state (is it still running? are the saga's other compensations done?)
+    /// then sees every change committed before it and none after it. Without the lock two transactions each saw
+    /// the other's change as not yet made: a dependent was claimed after a pause had committed, and two branch
+    /// compensations ending at once each left the root's compensation to the other. SQLite runs one writing
+    /// transaction at a time.
+    pub(crate) async fn lock_workflows<C: ConnectionTrait>(&self, conn: &C, ids: &[Uuid]) -> Result<(), Error> {
+        if ids.is_empty() || self.db.backend != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        conn.query_all_raw(self.db.stmt(
+            "SELECT id FROM workflow WHERE id = ANY(?::uuid[]) ORDER BY id FOR UPDATE",
+            vec![bulk::uuid_array(ids.iter().copied()).into()],
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
 /// Events and completed-task counts of a batch, per workflow, in the order they happened.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {

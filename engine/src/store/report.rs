@@ -91,6 +91,11 @@ impl Store {
         }
         let ready = std::mem::take(&mut report.ready);
         if cont.max > 0 && !ready.is_empty() {
+            // A pause committed meanwhile must be seen by the claim (its check of the workflow's status).
+            let mut workflows: Vec<Uuid> = ready.iter().map(|(wf, _)| *wf).collect();
+            workflows.sort_unstable();
+            workflows.dedup();
+            self.lock_workflows(&txn, &workflows).await?;
             report.continued = self.claim_ready(&txn, ready, cont, now, lease_us).await?;
             report.made_ready -= report.continued.len();
             for c in &report.continued {
@@ -573,6 +578,8 @@ impl Store {
         now: i64,
         report: &mut Report,
     ) -> Result<Vec<NewEvent>, Error> {
+        // Compensations ending at once in other transactions must be seen, or each leaves the next step to the other.
+        self.lock_workflows(txn, &[wf]).await?;
         let rows = txn
             .query_all_raw(self.db.stmt(
                 "SELECT key, status, compensation IS NOT NULL, dependents, id FROM task WHERE workflow_id = ? \
