@@ -39,6 +39,15 @@ pub fn request_error(err: async_graphql::Error) -> async_graphql::ServerError {
     e
 }
 
+/// `e` with `code` unless it already carries a code.
+pub fn with_code(mut e: async_graphql::ServerError, code: &'static str) -> async_graphql::ServerError {
+    let ext = e.extensions.get_or_insert_with(Default::default);
+    if ext.get("code").is_none() {
+        ext.set("code", code);
+    }
+    e
+}
+
 /// Bad input from the client.
 pub fn invalid(message: impl Into<String>) -> async_graphql::Error {
     api_error(code::VALIDATION_FAILED, message)

@@ -7,28 +7,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, ServerOptions};
+use common::{Server, ServerOptions, WorkerProcess};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// A server without its own worker, and two separate workers.
-async fn two_workers() -> (Server, Vec<std::process::Child>) {
+async fn two_workers() -> (Server, Vec<WorkerProcess>) {
     let server = Server::start_with(ServerOptions { worker: false, ..ServerOptions::default() }).await;
     let workers = vec![server.spawn_worker(&[]), server.spawn_worker(&[])];
     (server, workers)
 }
 
-fn stop(mut workers: Vec<std::process::Child>) {
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
-}
-
 #[tokio::test]
 async fn nothing_is_queued_and_started_after_a_pause_commits() {
-    let (server, workers) = two_workers().await;
+    let (server, _workers) = two_workers().await;
     for round in 0..8u64 {
         let tasks: Vec<Value> = (0..200)
             .map(|i| {
@@ -57,12 +50,11 @@ async fn nothing_is_queued_and_started_after_a_pause_commits() {
         server.wait_finished(&id, MINUTE).await;
         assert_eq!(server.workflow(&id).await["status"], "COMPLETED", "round {round}");
     }
-    stop(workers);
 }
 
 #[tokio::test]
 async fn branch_compensations_ending_at_once_move_the_saga_on() {
-    let (server, workers) = two_workers().await;
+    let (server, _workers) = two_workers().await;
     let comp = json!({ "kind": "noop" });
     let mut ids = Vec::new();
     for _ in 0..16 {
@@ -80,5 +72,4 @@ async fn branch_compensations_ending_at_once_move_the_saga_on() {
         let wf = server.workflow(id).await;
         assert_eq!(wf["status"], "COMPENSATED", "{wf}");
     }
-    stop(workers);
 }

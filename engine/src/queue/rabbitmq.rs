@@ -1,7 +1,12 @@
-//! RabbitMQ queue (lapin): durable queues, persistent msgpack messages, publisher confirms, manual acks after the
+//! RabbitMQ queue (lapin): durable queues, transient msgpack messages, publisher confirms, manual acks after the
 //! outcome is committed, prefetch = worker concurrency, priorities, routing by task kind, reconnects with backoff.
-//! A message carries up to 32 dispatches of one kind and priority (see [`pack`]); it is acknowledged once all of
+//! A message carries up to 64 dispatches of one kind and priority (see [`pack`]); it is acknowledged once all of
 //! them are.
+//!
+//! Messages are not written to the broker's disk: the database is the durable record of every dispatch (the task's
+//! `dispatched_until`), and a dispatch whose message was lost (a broker restart) is made due again by the reaper
+//! once its redelivery delay passes, then published anew. Persisting them as well cost the broker an fsync per
+//! confirm batch and two thirds of its CPU in the throughput bench (BENCHMARKS.md, session 14).
 //!
 //! Topology (names prefixed by the namespace `ns`):
 //! - exchange `ns.tasks` (direct, durable), routing key = task kind, with alternate exchange `ns.unrouted`;
@@ -233,9 +238,9 @@ fn err(e: lapin::Error) -> QueueError {
 /// Most tasks one message carries. The broker's work is per message, so a batch of due tasks of one kind and
 /// priority travels as a few messages, not one per task; small batches still go one task per message, so that
 /// chains stay as fast and few tasks spread over every worker.
-const MESSAGE_TASKS_MAX: usize = 32;
+const MESSAGE_TASKS_MAX: usize = 64;
 
-/// Splits a dispatch batch into messages: runs of the same kind and priority, each cut into at least 8 messages
+/// Splits a dispatch batch into messages: runs of the same kind and priority, each cut into at least 4 messages
 /// (up to [`MESSAGE_TASKS_MAX`] tasks each), in the batch's order.
 fn pack(batch: Vec<Dispatch>) -> Vec<Vec<Dispatch>> {
     let mut runs: Vec<Vec<Dispatch>> = Vec::new();
@@ -247,7 +252,7 @@ fn pack(batch: Vec<Dispatch>) -> Vec<Vec<Dispatch>> {
     }
     let mut messages = Vec::new();
     for run in runs {
-        let size = run.len().div_ceil(8).clamp(1, MESSAGE_TASKS_MAX);
+        let size = run.len().div_ceil(4).clamp(1, MESSAGE_TASKS_MAX);
         let mut run = run.into_iter().peekable();
         while run.peek().is_some() {
             messages.push(run.by_ref().take(size).collect());
@@ -292,8 +297,9 @@ impl Inner {
         for message in &messages {
             let d = &message[0];
             let body = rmp_serde::to_vec(message).map_err(|e| QueueError(e.to_string()))?;
+            // Transient (delivery mode 1): see the module documentation.
             let mut props = BasicProperties::default()
-                .with_delivery_mode(2)
+                .with_delivery_mode(1)
                 .with_priority(d.priority.clamp(0, i16::from(PRIORITY_MAX)) as u8);
             if let (Some(tp), 1) = (&d.trace, message.len()) {
                 // W3C trace context in the message headers, for any consumer or broker tooling that reads them.
@@ -387,19 +393,21 @@ mod tests {
 
     #[test]
     fn few_tasks_travel_one_per_message() {
+        let messages = pack((0..4).map(|i| d("noop", 0, i)).collect());
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1; 4]);
         let messages = pack((0..5).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1; 5]);
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
     }
 
     #[test]
     fn a_large_batch_is_packed_in_order_up_to_the_message_limit() {
         let messages = pack((0..512).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.len(), 16);
+        assert_eq!(messages.len(), 8);
         assert!(messages.iter().all(|m| m.len() == MESSAGE_TASKS_MAX));
         let seqs: Vec<u64> = messages.iter().flatten().map(|d| d.seq).collect();
         assert_eq!(seqs, (0..512).collect::<Vec<_>>());
         let messages = pack((0..100).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.len(), 8);
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![25; 4]);
     }
 
     #[test]

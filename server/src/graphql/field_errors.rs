@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextResolve, ResolveInfo};
 use async_graphql::{PathSegment, QueryPathNode, QueryPathSegment, Response, ServerError, ServerResult, Value};
 
-use crate::error::code;
+use crate::error::{code, with_code};
 
 /// The extension (see the module documentation).
 pub struct FieldErrors;
@@ -37,21 +37,20 @@ struct Placed {
     pending: Mutex<Vec<Vec<PathSegment>>>,
 }
 
-/// The code an error without one gets.
+/// The code an error without one gets, from what async-graphql says.
 fn coded(mut e: ServerError) -> ServerError {
-    let ext = e.extensions.get_or_insert_with(Default::default);
-    if ext.get("code").is_none() {
-        let code = if e.message.starts_with("Failed to parse") || e.message.starts_with("Invalid value") {
-            code::VALIDATION_FAILED
-        } else if e.message.starts_with("Subscriptions are not supported") {
-            e.message = "A subscription runs over WebSocket (graphql-transport-ws at /graphql/ws), not HTTP.".into();
-            code::BAD_REQUEST
-        } else {
-            code::INTERNAL
-        };
-        ext.set("code", code);
+    if e.extensions.as_ref().is_some_and(|ext| ext.get("code").is_some()) {
+        return e;
     }
-    e
+    let code = if e.message.starts_with("Failed to parse") || e.message.starts_with("Invalid value") {
+        code::VALIDATION_FAILED
+    } else if e.message.starts_with("Subscriptions are not supported") {
+        e.message = "A subscription runs over WebSocket (graphql-transport-ws at /graphql/ws), not HTTP.".into();
+        code::BAD_REQUEST
+    } else {
+        code::INTERNAL
+    };
+    with_code(e, code)
 }
 
 /// Whether `node` (a field's path) is a strict prefix of `path`.

@@ -22,7 +22,7 @@ use async_graphql::extensions::{
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::{Positioned, Request, ServerError, ServerResult, ValidationResult, Value, Variables};
 
-use crate::error::code;
+use crate::error::{code, with_code};
 
 /// The `operationName` of the request, kept for the check after parsing (the parse hook does not receive it).
 struct OperationName(Option<String>);
@@ -36,16 +36,8 @@ impl ExtensionFactory for RequestChecks {
     }
 }
 
-fn coded(mut e: ServerError, code: &'static str) -> ServerError {
-    let ext = e.extensions.get_or_insert_with(Default::default);
-    if ext.get("code").is_none() {
-        ext.set("code", code);
-    }
-    e
-}
-
 fn failed(message: String, pos: Option<async_graphql::Pos>) -> ServerError {
-    coded(ServerError::new(message, pos), code::GRAPHQL_VALIDATION_FAILED)
+    with_code(ServerError::new(message, pos), code::GRAPHQL_VALIDATION_FAILED)
 }
 
 /// A parser message (`--> 1:14 | … = expected selection`) as one line: `Syntax Error: expected selection`.
@@ -203,7 +195,7 @@ impl Extension for RequestChecks {
             if e.extensions.as_ref().is_none_or(|x| x.get("code").is_none()) {
                 e.message = syntax_message(&e.message);
             }
-            coded(e, code::GRAPHQL_PARSE_FAILED)
+            with_code(e, code::GRAPHQL_PARSE_FAILED)
         })?;
         let name = ctx.data_opt::<OperationName>().and_then(|n| n.0.as_deref());
         let op = operation(&doc, name)?;
@@ -224,7 +216,7 @@ impl Extension for RequestChecks {
     ) -> Result<ValidationResult, Vec<ServerError>> {
         next.run(ctx)
             .await
-            .map_err(|errors| errors.into_iter().map(|e| coded(e, code::GRAPHQL_VALIDATION_FAILED)).collect())
+            .map_err(|errors| errors.into_iter().map(|e| with_code(e, code::GRAPHQL_VALIDATION_FAILED)).collect())
     }
 }
 

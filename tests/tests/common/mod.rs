@@ -332,16 +332,18 @@ impl Server {
     }
 
     /// Starts a separate worker process on this server's database.
-    pub fn spawn_worker(&self, args: &[&str]) -> Child {
-        Command::new(binary("taskorch-worker"))
-            .current_dir(self.dir.path())
-            .envs(self.backend_env.iter().cloned())
-            .env("TASKORCH_LOG", "warn")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start taskorch-worker")
+    pub fn spawn_worker(&self, args: &[&str]) -> WorkerProcess {
+        WorkerProcess(
+            Command::new(binary("taskorch-worker"))
+                .current_dir(self.dir.path())
+                .envs(self.backend_env.iter().cloned())
+                .env("TASKORCH_LOG", "warn")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start taskorch-worker"),
+        )
     }
 
     /// Prometheus text of `/metrics`.
@@ -384,6 +386,30 @@ impl Server {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().expect("wait")
+    }
+}
+
+/// A `taskorch-worker` process, killed when dropped: a test that fails must not leave it running (it holds the
+/// test runner's stderr open, and the run would never end).
+pub struct WorkerProcess(Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -90,15 +90,37 @@ impl Intake {
     }
 }
 
-/// Group commit: reports everything waiting in one transaction.
-pub(super) async fn run_reporter(engine: Engine, mut rx: mpsc::UnboundedReceiver<Reported>, cont: Continue) {
+/// Report transactions in flight at once: while one commits, the next batch is gathered and written, so a worker
+/// draining a backlog does not wait for each commit's round trips before starting the next (they are fenced and
+/// lock workflow rows in id order, as reports of separate workers always were).
+const REPORTERS: usize = 2;
+
+/// Group commit: each of [`REPORTERS`] loops reports everything waiting in one transaction.
+pub(super) async fn run_reporter(engine: Engine, rx: mpsc::UnboundedReceiver<Reported>, cont: Continue) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let cont = Arc::new(cont);
+    let loops: Vec<_> =
+        (0..REPORTERS).map(|_| tokio::spawn(report_loop(engine.clone(), rx.clone(), cont.clone()))).collect();
+    futures::future::join_all(loops).await;
+}
+
+async fn report_loop(
+    engine: Engine,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Reported>>>,
+    cont: Arc<Continue>,
+) {
     let mut intake = Intake::default();
-    while let Some(first) = rx.recv().await {
-        let mut completions = intake.add(first);
-        while intake.batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(r) => completions += intake.add(r),
-                Err(_) => break,
+    loop {
+        let mut completions = 0;
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { break };
+            completions += intake.add(first);
+            while intake.batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(r) => completions += intake.add(r),
+                    Err(_) => break,
+                }
             }
         }
         let mut permits = cont.reserve(completions);
