@@ -91,8 +91,11 @@ impl Store {
         }
         let ready = std::mem::take(&mut report.ready);
         if cont.max > 0 && !ready.is_empty() {
-            // A pause committed meanwhile must be seen by the claim (its check of the workflow's status).
+            // A pause committed meanwhile must be seen by the claim (its check of the workflow's status). Every
+            // workflow the batch will write is locked here at once, in id order: locking only those with ready
+            // dependents now and the others in `flush` would let two concurrent reports wait for each other.
             let mut workflows: Vec<Uuid> = ready.iter().map(|(wf, _)| *wf).collect();
+            workflows.extend(report.pending.order.iter().copied());
             workflows.sort_unstable();
             workflows.dedup();
             self.lock_workflows(&txn, &workflows).await?;
