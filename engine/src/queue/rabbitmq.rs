@@ -5,8 +5,9 @@
 //!
 //! Messages are not written to the broker's disk: the database is the durable record of every dispatch (the task's
 //! `dispatched_until`), and a dispatch whose message was lost (a broker restart) is made due again by the reaper
-//! once its redelivery delay passes, then published anew. Persisting them as well cost the broker an fsync per
-//! confirm batch and two thirds of its CPU in the throughput bench (BENCHMARKS.md, session 14).
+//! once its redelivery delay passes, then published anew. Persisting them as well made the broker write (and sync)
+//! every message before confirming it: with that and twice as many messages, RabbitMQ took 15 % of the machine in
+//! the throughput bench, 5 % without (BENCHMARKS.md, session 14).
 //!
 //! Topology (names prefixed by the namespace `ns`):
 //! - exchange `ns.tasks` (direct, durable), routing key = task kind, with alternate exchange `ns.unrouted`;
