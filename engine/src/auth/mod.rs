@@ -483,11 +483,21 @@ impl Auth {
             return Err(not_found());
         }
         self.inner.store.revoke_api_key(id).await?;
+        // Streams of this process check their credential again when told, so they are told only once no cache
+        // here can still answer with the row as it was.
+        let told = self.forget_key(&key.prefix).await;
         self.inner.revocations.send_modify(|n| *n += 1);
+        told?;
+        self.inner.store.api_key(id).await?.ok_or_else(not_found)
+    }
+
+    /// Drops a revoked key from the caches of every server (through the shared key generation); `Unavailable` when
+    /// Redis could not be told.
+    async fn forget_key(&self, prefix: &str) -> Result<(), Error> {
         if let Some(shared) = &self.inner.shared {
             // This process refuses the key at once, whatever Redis says.
             if let Ok(mut kept) = shared.kept.lock() {
-                kept.remove(&key.prefix);
+                kept.remove(prefix);
             }
             let mut told = false;
             for _ in 0..3 {
@@ -506,7 +516,7 @@ impl Auth {
                 )));
             }
         }
-        self.inner.store.api_key(id).await?.ok_or_else(not_found)
+        Ok(())
     }
 }
 
