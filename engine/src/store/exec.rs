@@ -474,10 +474,17 @@ impl Store {
 
     /// The continuation of a report (see [`Continuation`]): claims up to `cont.max` of the ready dependents, in
     /// the reporting transaction. Inputs are the dependencies' names until [`Store::fill_inputs`].
+    ///
+    /// On PostgreSQL the first claim also locks the workflow rows `lock` (sorted), as [`Store::lock_workflows`]
+    /// would, without a round trip of its own: a `FOR UPDATE` CTE that waits for a concurrent change of a
+    /// workflow to commit and then returns the row as committed, and the claim checks the status it returns (not
+    /// the statement's snapshot, taken before the wait). Rows are locked in id order, and those the claim never
+    /// needed to look at are locked, in id order after them, by `flush`.
     pub(crate) async fn claim_ready(
         &self,
         txn: &DatabaseTransaction,
         ready: Vec<(Uuid, String)>,
+        mut lock: &[Uuid],
         cont: &Continuation,
         now: i64,
         lease_us: i64,
@@ -496,15 +503,28 @@ impl Store {
                 break;
             }
             let keys = &keys[..keys.len().min(room)];
-            let mut values = run_claim_values(now + lease_us, now);
+            let mut values = Vec::new();
+            let (with, running) = if self.db.backend == DbBackend::Postgres && !lock.is_empty() {
+                values.push(super::bulk::uuid_array(lock.iter().copied()).into());
+                lock = &[];
+                (
+                    "WITH locked AS MATERIALIZED (SELECT id, status FROM workflow WHERE id = ANY(?::uuid[]) \
+                     ORDER BY id FOR UPDATE) ",
+                    "(SELECT l.status FROM locked l WHERE l.id = task.workflow_id) = 'RUNNING'",
+                )
+            } else {
+                ("", WORKFLOW_RUNNING)
+            };
+            values.extend(run_claim_values(now + lease_us, now));
             values.push(wf.into());
             values.extend(keys.iter().map(|k| Value::from(k.clone())));
             values.extend(cont.kinds.iter().map(|k| Value::from(k.clone())));
             let rows = txn
                 .query_all_raw(self.db.stmt(
                     &format!(
-                        "UPDATE task SET {RUN_CLAIM_SET} WHERE workflow_id = ? AND key IN ({}) AND status = 'QUEUED' \
-                         AND kind IN ({}) AND {WORKFLOW_RUNNING} RETURNING {RUN_CLAIM_COLUMNS}, task.id, task.position",
+                        "{with}UPDATE task SET {RUN_CLAIM_SET} WHERE workflow_id = ? AND key IN ({}) \
+                         AND status = 'QUEUED' AND kind IN ({}) AND {running} \
+                         RETURNING {RUN_CLAIM_COLUMNS}, task.id, task.position",
                         placeholders(keys.len()),
                         placeholders(cont.kinds.len())
                     ),

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bulk;
+mod complete;
 mod exec;
 mod lifecycle;
 mod read;

@@ -8,6 +8,7 @@ use taskorch_domain::saga::{self, SagaNode, SagaProgress};
 use taskorch_domain::{EventType, NewEvent, RetryPolicy, TaskStatus, WorkflowStatus};
 use uuid::Uuid;
 
+use super::complete::record_completion;
 use super::exec::{Continuation, Outcome, OutcomeKind, Report, started, started_event};
 use super::{Store, keys_in_order};
 use crate::db::placeholders;
@@ -17,7 +18,7 @@ use crate::time::now_us;
 
 /// The row of a peeked attempt as its claim finds it (besides the attempt number): still waiting for a worker, no
 /// lease, its workflow running or paused. Shared by the one-row and the set-based claim-and-complete.
-fn still_waiting() -> String {
+pub(super) fn still_waiting() -> String {
     format!(
         "task.status IN {} AND task.lease_until IS NULL AND {}",
         super::exec::RUN_STATUSES,
@@ -92,14 +93,13 @@ impl Store {
         let ready = std::mem::take(&mut report.ready);
         if cont.max > 0 && !ready.is_empty() {
             // A pause committed meanwhile must be seen by the claim (its check of the workflow's status). Every
-            // workflow the batch will write is locked here at once, in id order: locking only those with ready
-            // dependents now and the others in `flush` would let two concurrent reports wait for each other.
+            // workflow the batch will write is locked by the claim at once, in id order: locking only those with
+            // ready dependents now and the others in `flush` would let two concurrent reports wait for each other.
             let mut workflows: Vec<Uuid> = ready.iter().map(|(wf, _)| *wf).collect();
             workflows.extend(report.pending.order.iter().copied());
             workflows.sort_unstable();
             workflows.dedup();
-            self.lock_workflows(&txn, &workflows).await?;
-            report.continued = self.claim_ready(&txn, ready, cont, now, lease_us).await?;
+            report.continued = self.claim_ready(&txn, ready, &workflows, cont, now, lease_us).await?;
             report.made_ready -= report.continued.len();
             for c in &report.continued {
                 report.pending.extend(c.workflow_id.0, [started_event(c)]);
@@ -206,98 +206,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Completions as one fenced `UPDATE … FROM json_to_recordset` (PostgreSQL); stale ones are counted. Of two
-    /// outcomes of one task, the one of the attempt that holds it completes it (the first, if both are).
-    /// Completions of peeked attempts (all with `started_at`, or none) are written with their claims: one row
-    /// version, TASK_STARTED and TASK_COMPLETED.
-    async fn complete_many(
-        &self,
-        txn: &DatabaseTransaction,
-        outcomes: Vec<Outcome>,
-        now: i64,
-        report: &mut Report,
-    ) -> Result<(), Error> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let peeked = outcomes[0].started_at.is_some();
-        let (mut tasks, mut attempts, mut results, mut starts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for o in outcomes {
-            tasks.push(o.task_id.0);
-            attempts.push(o.attempt);
-            starts.push(o.started_at.unwrap_or(now));
-            results.push(match o.kind {
-                OutcomeKind::Completed(result) => result,
-                _ => Json::Null,
-            });
-        }
-        // The record set, serialised straight from the results (no copy of them into a JSON tree first).
-        #[derive(serde::Serialize)]
-        struct Row<'a> {
-            id: Uuid,
-            attempt: i32,
-            idx: usize,
-            started: i64,
-            // A missing key is SQL NULL (no result), as `json_value` writes it on the one-row path.
-            #[serde(skip_serializing_if = "Json::is_null")]
-            result: &'a Json,
-        }
-        let rows: Vec<Row<'_>> = (0..tasks.len())
-            .map(|idx| Row { id: tasks[idx], attempt: attempts[idx], idx, started: starts[idx], result: &results[idx] })
-            .collect();
-        let rows = serde_json::to_string(&rows).map_err(Error::corrupt)?;
-        // A peeked attempt's row is still waiting (its attempt is the next one); a claimed one's is running.
-        let (claim, held) = if peeked {
-            (
-                "attempts = task.attempts + 1, started_at = v.started,",
-                format!("task.attempts = v.attempt - 1 AND {}", still_waiting()),
-            )
-        } else {
-            ("", "task.attempts = v.attempt AND task.status = 'RUNNING'".to_owned())
-        };
-        let mut values = vec![now.into(), rows.into()];
-        // `id = ANY(…)` keeps the planner on the primary key when it would rather join through the workflows; the
-        // peeked statement has no such join (its workflow check is a scalar subquery), and there the array made
-        // things worse: with the record set as the outer side of a nested loop, every probe walked the whole array
-        // (auto_explain on the bench: 60–280 ms per batch instead of 2–4).
-        let by_id = if peeked {
-            ""
-        } else {
-            values.push(super::bulk::uuid_array(tasks.iter().copied()).into());
-            "task.id = ANY(?::uuid[]) AND "
-        };
-        let sql = format!(
-            "UPDATE task SET status = 'COMPLETED', {claim} result = v.result, error = NULL, lease_until = NULL, \
-               dispatched_until = -1, finished_at = ? \
-             FROM (SELECT DISTINCT ON (id, attempt) id, attempt, started, result, idx FROM json_to_recordset(?::json) \
-               AS r(id uuid, attempt int, started bigint, result json, idx int) ORDER BY id, attempt, idx) AS v \
-             WHERE {by_id}task.id = v.id AND {held} \
-             RETURNING task.workflow_id, task.key, task.dependents, v.idx"
-        );
-
-        let rows = txn.query_all_raw(self.db.stmt(&sql, values)).await?;
-        report.stale += attempts.len() - rows.len();
-        // In the order the outcomes were reported (RETURNING has no order of its own).
-        let mut done = rows
-            .into_iter()
-            .map(|row| Ok((row.try_get_by_index::<i32>(3)?, row)))
-            .collect::<Result<Vec<_>, Error>>()?;
-        done.sort_by_key(|(idx, _)| *idx);
-        for (idx, row) in done {
-            let i = usize::try_from(idx).ok().filter(|i| *i < attempts.len());
-            let i = i.ok_or_else(|| Error::corrupt("completion index"))?;
-            let result = results.get_mut(i).map(std::mem::take).unwrap_or_default();
-            if peeked {
-                report.pending.extend(row.try_get_by_index(0)?, [started(row.try_get_by_index(1)?, attempts[i])]);
-            }
-            self.completed(txn, &row, attempts[i], result, now, report).await?;
-        }
-        Ok(())
-    }
-
-    /// After a completion: its event, the dependents it made ready, and the workflow's count. `row` starts with
-    /// `workflow_id, key, dependents`. The result of a task with dependents is kept for the inputs of the ones
-    /// this report continues (no read after the commit).
+    /// After a one-row completion (`row` starts with `workflow_id, key, dependents`): the dependents it made ready
+    /// and what every completion records (see [`record_completion`]).
     async fn completed(
         &self,
         txn: &DatabaseTransaction,
@@ -311,48 +221,36 @@ impl Store {
         let key: String = row.try_get_by_index(1)?;
         let dependents: Vec<String> =
             serde_json::from_value(row.try_get_by_index(2)?).map_err(crate::Error::corrupt)?;
-        if !dependents.is_empty() {
-            report.results.insert((wf, key.clone()), result);
-        }
-        let mut events = vec![NewEvent::task(EventType::TaskCompleted, key).with_data(json!({ "attempt": attempt }))];
-        if !dependents.is_empty() {
-            for chunk in dependents.chunks(500) {
-                let mut values: Vec<Value> = vec![wf.into()];
-                values.extend(chunk.iter().map(|k| Value::from(k.clone())));
-                let ph = placeholders(chunk.len());
-                // One statement (one row version per dependent): count the dependency down and, for the last one,
-                // queue the dependent. `pending_deps` on the right is the value before this update.
-                let mut ready_values: Vec<Value> = vec![now.into(), now.into()];
-                ready_values.extend(values);
-                let touched = txn
-                    .query_all_raw(self.db.stmt(
-                        &format!(
-                            "UPDATE task SET pending_deps = pending_deps - 1, \
-                               status = CASE WHEN pending_deps = 1 THEN 'QUEUED' ELSE status END, \
-                               queued_at = CASE WHEN pending_deps = 1 THEN ? ELSE queued_at END, \
-                               available_at = CASE WHEN pending_deps = 1 THEN ? ELSE available_at END, \
-                               dispatched_until = CASE WHEN pending_deps = 1 THEN 0 ELSE dispatched_until END \
-                             WHERE workflow_id = ? AND key IN ({ph}) AND status = 'PENDING' \
-                             RETURNING key, position, status"
-                        ),
-                        ready_values,
-                    ))
-                    .await?;
-                let mut ready = Vec::with_capacity(touched.len());
-                for row in touched {
-                    if row.try_get_by_index::<String>(2)? == "QUEUED" {
-                        ready.push(row);
-                    }
+        let mut ready = Vec::new();
+        for chunk in dependents.chunks(500) {
+            let mut values: Vec<Value> = vec![now.into(), now.into(), wf.into()];
+            values.extend(chunk.iter().map(|k| Value::from(k.clone())));
+            // One statement (one row version per dependent): count the dependency down and, for the last one,
+            // queue the dependent. `pending_deps` on the right is the value before this update.
+            let touched = txn
+                .query_all_raw(self.db.stmt(
+                    &format!(
+                        "UPDATE task SET pending_deps = pending_deps - 1, \
+                           status = CASE WHEN pending_deps = 1 THEN 'QUEUED' ELSE status END, \
+                           queued_at = CASE WHEN pending_deps = 1 THEN ? ELSE queued_at END, \
+                           available_at = CASE WHEN pending_deps = 1 THEN ? ELSE available_at END, \
+                           dispatched_until = CASE WHEN pending_deps = 1 THEN 0 ELSE dispatched_until END \
+                         WHERE workflow_id = ? AND key IN ({}) AND status = 'PENDING' \
+                         RETURNING key, position, status",
+                        placeholders(chunk.len())
+                    ),
+                    values,
+                ))
+                .await?;
+            let mut queued = Vec::with_capacity(touched.len());
+            for row in touched {
+                if row.try_get_by_index::<String>(2)? == "QUEUED" {
+                    queued.push(row);
                 }
-                let ready = keys_in_order(&ready)?;
-                report.made_ready += ready.len();
-                report.ready.extend(ready.iter().map(|k| (wf, k.clone())));
-                events.extend(ready.into_iter().map(|k| NewEvent::task(EventType::TaskQueued, k)));
             }
+            ready.extend(keys_in_order(&queued)?);
         }
-        // The workflow's counters, its completion and the events are written once per batch (see `flush`).
-        report.pending.complete(wf);
-        report.pending.extend(wf, events);
+        record_completion(report, wf, key, attempt, result, !dependents.is_empty(), ready);
         Ok(())
     }
 

@@ -375,6 +375,49 @@ async fn a_batch_claims_each_fresh_dispatch_once_in_its_order_and_completes_with
     assert_eq!(completed, vec!["c", "a"], "TASK_COMPLETED in the order reported");
 }
 
+/// On PostgreSQL a batch's completions count their dependents down in the statement that completes them.
+#[tokio::test]
+async fn dependencies_completed_in_one_batch_queue_each_dependent_once_after_the_last_of_them() {
+    let (store, _fixture) = store().await;
+    let tasks = vec![
+        TaskSpec::new("a", "noop"),
+        TaskSpec::new("b", "noop"),
+        TaskSpec::new("c", "noop").after(&["a", "b"]),
+        TaskSpec::new("d", "noop").after(&["a"]),
+        TaskSpec::new("e", "noop").after(&["c"]),
+    ];
+    let (wf, _) = submit(&store, tasks, None).await;
+    let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
+    let (claimed, _) = store.claim(&due, LEASE_US).await.expect("claim");
+    let by_key: HashMap<_, _> = claimed.iter().map(|c| (c.key.as_str(), c)).collect();
+    let done = |key: &str| Outcome {
+        task_id: by_key[key].task_id,
+        phase: Phase::Run,
+        attempt: 1,
+        kind: OutcomeKind::Completed(json!(key)),
+        started_at: None,
+    };
+    let report = store
+        .report(vec![done("a"), done("b")], &mut || 0.5, &Continuation::default(), LEASE_US)
+        .await
+        .expect("report");
+    assert_eq!(report.made_ready, 2, "c (both of its dependencies) and d");
+    use taskorch_domain::EventType::{TaskCompleted, TaskQueued};
+    let events: Vec<_> = report.events.iter().map(|e| (e.event_type, e.task_key.clone().unwrap_or_default())).collect();
+    let expected = [(TaskCompleted, "a"), (TaskQueued, "d"), (TaskCompleted, "b"), (TaskQueued, "c")];
+    assert_eq!(events, expected.map(|(t, k)| (t, k.to_owned())), "each dependent queued after its last dependency");
+    for (key, status, pending) in [("c", "QUEUED", 0), ("d", "QUEUED", 0), ("e", "PENDING", 1)] {
+        let row = task_row(&store, wf, key).await;
+        assert_eq!((row.status.as_str(), row.pending_deps), (status, pending), "{key}");
+    }
+    let mut due: Vec<_> =
+        store.fetch_due(10, None, LEASE_US).await.expect("fetch").iter().map(|d| d.task_id.0).collect();
+    let mut ready = vec![task_row(&store, wf, "c").await.id, task_row(&store, wf, "d").await.id];
+    due.sort();
+    ready.sort();
+    assert_eq!(due, ready, "c and d are due");
+}
+
 #[tokio::test]
 async fn migration_8_gives_existing_rows_their_queue_position_and_leased_rows_their_reaper_time() {
     use sea_orm::ConnectionTrait;
