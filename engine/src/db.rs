@@ -58,6 +58,7 @@ impl Database {
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_timeout(Duration::from_secs(5))
+                .test_before_acquire_if_idle_for(PING_IF_IDLE)
                 .sqlx_logging(false);
             let pool = SeaDatabase::connect(opts).await?;
             // A separate, smaller read pool (bulkhead), on the replica when one is configured.
@@ -67,6 +68,7 @@ impl Database {
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_timeout(Duration::from_secs(5))
+                .test_before_acquire_if_idle_for(PING_IF_IDLE)
                 .sqlx_logging(false);
             let read = SeaDatabase::connect(read_opts).await?;
             Ok(Self { replica_reads: pools.read_url.is_some(), ..Self::counted(pool, read, DbBackend::Postgres) })
@@ -137,12 +139,18 @@ impl Database {
     }
 }
 
+/// A pooled connection is checked (one round trip) before it is handed out only once it has been idle this long:
+/// the pool's default checks every one, which made the ping a quarter of a dependency hop's round trips. A busy
+/// connection the server dropped fails its next statement instead, and callers retry.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
 fn sqlite_options(url: &str, connections: u32) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(connections)
         .min_connections(1)
         .idle_timeout(None::<Duration>)
         .max_lifetime(None::<Duration>)
+        .test_before_acquire_if_idle_for(PING_IF_IDLE)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)

@@ -169,11 +169,14 @@ pub(crate) async fn insert_rows<'r, C, const N: usize>(
 where
     C: ConnectionTrait,
 {
-    let mut arrays: [ArrayLiteral; N] = std::array::from_fn(|_| ArrayLiteral::default());
+    let mut arrays: [Column; N] = std::array::from_fn(|i| match columns.0[i].1 {
+        "uuid" => Column::Ids(Vec::new()),
+        _ => Column::Literal(ArrayLiteral::default()),
+    });
     let mut count = 0usize;
     for row in rows {
         for (array, cell) in arrays.iter_mut().zip(row) {
-            array.push(cell);
+            array.push(cell)?;
         }
         count += 1;
     }
@@ -183,20 +186,42 @@ where
     let names: Vec<&str> = columns.0.iter().map(|(n, _)| *n).collect();
     let typed: Vec<String> = columns.0.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}[]", i + 1)).collect();
     let sql = format!("INSERT INTO {table} ({}) SELECT * FROM unnest({})", names.join(", "), typed.join(", "));
-    let values = arrays.into_iter().map(|a| a.finish().map(sea_orm::Value::from)).collect::<Result<Vec<_>, _>>()?;
+    let values = arrays.into_iter().map(Column::finish).collect::<Result<Vec<_>, _>>()?;
     conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(())
 }
 
-/// A PostgreSQL array literal of ids, bound as text and cast with `$n::uuid[]`. Set-based updates also filter on
-/// `id = ANY(…)` so the planner sees how few rows they touch and walks the primary key, whatever its statistics
-/// say about the JSON rows they join.
-pub(crate) fn uuid_array(ids: impl IntoIterator<Item = Uuid>) -> String {
-    let mut out = ArrayLiteral::default();
-    for id in ids {
-        out.push(Cell::Id(id));
+/// One column of a multi-row insert: ids travel as a binary `uuid[]` (PostgreSQL reads each id of a literal with
+/// 16 `strtoul` calls: the largest single cost of parsing a batch), the rest as array literals.
+enum Column {
+    Ids(Vec<Uuid>),
+    Literal(ArrayLiteral),
+}
+
+impl Column {
+    fn push(&mut self, cell: Cell<'_>) -> Result<(), DbErr> {
+        match (self, cell) {
+            (Column::Ids(ids), Cell::Id(id)) => ids.push(id),
+            (Column::Ids(_), other) => return Err(DbErr::Custom(format!("a uuid column holds {other:?}"))),
+            (Column::Literal(literal), cell) => literal.push(cell),
+        }
+        Ok(())
     }
-    out.finish().unwrap_or_default()
+
+    fn finish(self) -> Result<sea_orm::Value, DbErr> {
+        match self {
+            Column::Ids(ids) => Ok(uuid_array(ids)),
+            Column::Literal(literal) => literal.finish().map(sea_orm::Value::from),
+        }
+    }
+}
+
+/// Ids as a binary `uuid[]` parameter (written `$n::uuid[]` in statements, a no-op cast). Set-based updates also
+/// filter on `id = ANY(…)` so the planner sees how few rows they touch and walks the primary key, whatever its
+/// statistics say about the JSON rows they join.
+pub(crate) fn uuid_array(ids: impl IntoIterator<Item = Uuid>) -> sea_orm::Value {
+    let ids: Vec<sea_orm::Value> = ids.into_iter().map(sea_orm::Value::from).collect();
+    sea_orm::Value::Array(sea_orm::sea_query::ArrayType::Uuid, Some(Box::new(ids)))
 }
 
 #[cfg(test)]

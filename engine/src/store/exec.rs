@@ -272,10 +272,7 @@ impl Store {
         let mut seen = std::collections::HashSet::with_capacity(runs.len());
         for chunk in runs.chunks(500) {
             let (filter, values): (String, Vec<Value>) = if self.db.backend == DbBackend::Postgres {
-                (
-                    "task.id = ANY(?::uuid[])".into(),
-                    vec![super::bulk::uuid_array(chunk.iter().map(|d| d.task_id.0)).into()],
-                )
+                ("task.id = ANY(?::uuid[])".into(), vec![super::bulk::uuid_array(chunk.iter().map(|d| d.task_id.0))])
             } else {
                 (
                     format!("task.id IN ({})", placeholders(chunk.len())),
@@ -505,7 +502,7 @@ impl Store {
             let keys = &keys[..keys.len().min(room)];
             let mut values = Vec::new();
             let (with, running) = if self.db.backend == DbBackend::Postgres && !lock.is_empty() {
-                values.push(super::bulk::uuid_array(lock.iter().copied()).into());
+                values.push(super::bulk::uuid_array(lock.iter().copied()));
                 lock = &[];
                 (
                     "WITH locked AS MATERIALIZED (SELECT id, status FROM workflow WHERE id = ANY(?::uuid[]) \
@@ -573,7 +570,7 @@ impl Store {
              RETURNING {RUN_CLAIM_COLUMNS}, v.idx"
         );
         let ids = super::bulk::uuid_array(runs.iter().map(|(_, d)| d.task_id.0));
-        let values = [run_claim_values(now + lease_us, now), vec![body.into(), ids.into()]].concat();
+        let values = [run_claim_values(now + lease_us, now), vec![body.into(), ids]].concat();
         let rows = txn.query_all_raw(self.db.stmt(&sql, values)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {

@@ -91,7 +91,7 @@ impl Store {
         }
         conn.query_all_raw(self.db.stmt(
             "SELECT id FROM workflow WHERE id = ANY(?::uuid[]) ORDER BY id FOR UPDATE",
-            vec![bulk::uuid_array(ids.iter().copied()).into()],
+            vec![bulk::uuid_array(ids.iter().copied())],
         ))
         .await?;
         Ok(())
@@ -208,7 +208,7 @@ impl Store {
             let args = vec![
                 now.into(),
                 serde_json::to_string(&values).map_err(Error::corrupt)?.into(),
-                bulk::uuid_array(ids.iter().copied()).into(),
+                bulk::uuid_array(ids.iter().copied()),
             ];
             for row in conn.query_all_raw(self.db.stmt(&sql, args)).await? {
                 rows.insert(row.try_get_by_index::<Uuid>(0)?, row);
