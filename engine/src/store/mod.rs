@@ -148,6 +148,7 @@ impl Store {
             .collect();
         let bumped: Vec<(i64, i32)> = work.iter().map(|(_, e, done)| (e.len() as i64, *done)).collect();
         let mut rows = self.bump_workflows(conn, &work.iter().map(|w| w.0).collect::<Vec<_>>(), &bumped, now).await?;
+        let mut finished = Vec::new();
         for (wf, mut events, done) in work {
             let row = rows.remove(&wf).ok_or_else(|| Error::corrupt(format!("workflow {wf} vanished")))?;
             let mut last: i64 = row.try_get_by_index(1)?;
@@ -161,19 +162,48 @@ impl Store {
                 && completed == total
                 && matches!(status, taskorch_domain::WorkflowStatus::Running | taskorch_domain::WorkflowStatus::Paused)
             {
-                self.set_workflow_status(conn, wf, status, taskorch_domain::WorkflowStatus::Completed, now).await?;
-                conn.execute_raw(
-                    self.db.stmt("UPDATE workflow SET last_sequence = last_sequence + 1 WHERE id = ?", vec![wf.into()]),
-                )
-                .await?;
+                status
+                    .transition(taskorch_domain::WorkflowStatus::Completed)
+                    .map_err(|_| Error::InvalidState { current: status, action: "completed" })?;
+                finished.push(wf);
                 events.push(NewEvent::workflow(taskorch_domain::EventType::WorkflowCompleted));
                 last += 1;
             }
             debug_assert_eq!(first + events.len() as i64 - 1, last);
             records.extend(numbered(wf, &name, tenant_id, first, events, now));
         }
+        self.complete_workflows(conn, &finished, now).await?;
         insert_events(conn, &records, now).await?;
         Ok(records)
+    }
+
+    /// Completes the workflows `ids` (all running or paused, their rows locked by this transaction) in one
+    /// statement, with the sequence number of their WORKFLOW_COMPLETED.
+    async fn complete_workflows<C: ConnectionTrait>(&self, conn: &C, ids: &[Uuid], now: i64) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut values: Vec<sea_orm::Value> = vec![now.into(), now.into()];
+        let which = if self.db.backend == sea_orm::DbBackend::Postgres {
+            values.push(bulk::uuid_array(ids.iter().copied()));
+            "id = ANY(?::uuid[])".to_owned()
+        } else {
+            values.extend(ids.iter().map(|id| sea_orm::Value::from(*id)));
+            format!("id IN ({})", crate::db::placeholders(ids.len()))
+        };
+        let done = conn
+            .execute_raw(self.db.stmt(
+                &format!(
+                    "UPDATE workflow SET status = 'COMPLETED', finished_at = ?, updated_at = ?, \
+                       last_sequence = last_sequence + 1 WHERE {which} AND status IN ('RUNNING', 'PAUSED')"
+                ),
+                values,
+            ))
+            .await?;
+        if done.rows_affected() != ids.len() as u64 {
+            return Err(Error::corrupt("a completed workflow changed status under its lock"));
+        }
+        Ok(())
     }
 
     /// Adds `bumps[i]` = (events, completed tasks) to workflow `ids[i]` (sorted); returns each workflow's row after
