@@ -475,8 +475,9 @@ impl Store {
     /// On PostgreSQL the first claim also locks the workflow rows `lock` (sorted), as [`Store::lock_workflows`]
     /// would, without a round trip of its own: a `FOR UPDATE` CTE that waits for a concurrent change of a
     /// workflow to commit and then returns the row as committed, and the claim checks the status it returns (not
-    /// the statement's snapshot, taken before the wait). Rows are locked in id order, and those the claim never
-    /// needed to look at are locked, in id order after them, by `flush`.
+    /// the statement's snapshot, taken before the wait). PostgreSQL runs a CTE only as far as it is read: a claim
+    /// that read no status may have locked nothing, so then the rows are locked by a statement of their own before
+    /// the next workflow's claim.
     pub(crate) async fn claim_ready(
         &self,
         txn: &DatabaseTransaction,
@@ -501,9 +502,9 @@ impl Store {
             }
             let keys = &keys[..keys.len().min(room)];
             let mut values = Vec::new();
-            let (with, running) = if self.db.backend == DbBackend::Postgres && !lock.is_empty() {
+            let locking = self.db.backend == DbBackend::Postgres && !lock.is_empty();
+            let (with, running) = if locking {
                 values.push(super::bulk::uuid_array(lock.iter().copied()));
-                lock = &[];
                 (
                     "WITH locked AS MATERIALIZED (SELECT id, status FROM workflow WHERE id = ANY(?::uuid[]) \
                      ORDER BY id FOR UPDATE) ",
@@ -528,6 +529,14 @@ impl Store {
                     values,
                 ))
                 .await?;
+            if locking {
+                // A claimed row read the status through the CTE, which then ran to its end (a scalar subquery reads
+                // all its rows): every row is locked. With none, the CTE may never have run.
+                if rows.is_empty() {
+                    self.lock_workflows(txn, lock).await?;
+                }
+                lock = &[];
+            }
             let mut claimed = Vec::with_capacity(rows.len());
             for row in rows {
                 let position: i32 = row.try_get_by_index(10)?;

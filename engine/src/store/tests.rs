@@ -154,6 +154,58 @@ async fn completing_a_task_continues_its_ready_dependent_with_the_reported_resul
     assert_eq!(status["b"], TaskStatus::Running);
 }
 
+/// PostgreSQL: the continuation's claim waits for a pause being committed on its workflow and then sees it (the
+/// lock it takes returns the row as committed; the statement's own snapshot still said RUNNING).
+#[tokio::test]
+async fn a_pause_committed_while_a_completion_continues_is_seen_by_its_claim() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let (store, _fixture) = store().await;
+    if store.database().backend != sea_orm::DbBackend::Postgres {
+        return; // SQLite runs one writing transaction at a time: the report cannot start while the pause writes
+    }
+    let wf = submit_pair(&store).await;
+    let a = claim_root(&store).await;
+    let db = &store.database().write;
+    let pause = db.begin().await.expect("begin");
+    let paused = sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "UPDATE workflow SET status = 'PAUSED' WHERE id = $1",
+        [wf.into()],
+    );
+    pause.execute_raw(paused).await.expect("pause");
+    let outcome = Outcome {
+        task_id: a.task_id,
+        phase: Phase::Run,
+        attempt: a.attempt,
+        kind: OutcomeKind::Completed(json!(1)),
+        started_at: None,
+    };
+    let reporting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let cont = Continuation { max: 4, kinds: vec!["noop".into()] };
+            store.report(vec![outcome], &mut || 0.5, &cont, LEASE_US).await
+        })
+    };
+    // The report reaches the workflow's row and waits for the pause's lock.
+    let waiting = sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    loop {
+        let row = db.query_one_raw(waiting.clone()).await.expect("activity").expect("a row");
+        if row.try_get_by_index::<i64>(0).expect("count") > 0 {
+            break;
+        }
+        assert!(!reporting.is_finished(), "the report did not wait for the workflow's lock");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    pause.commit().await.expect("commit the pause");
+    let report = reporting.await.expect("joined").expect("report");
+    assert!(report.continued.is_empty(), "no task of a paused workflow starts");
+    assert_eq!(task_row(&store, wf, "b").await.status, "QUEUED", "b waits for the resume");
+}
+
 #[tokio::test]
 async fn a_continued_task_takes_inputs_completed_in_its_own_transaction_without_reading_them() {
     let (store, _fixture) = store().await;
