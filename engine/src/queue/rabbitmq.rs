@@ -237,12 +237,17 @@ fn err(e: lapin::Error) -> QueueError {
 }
 
 /// Most tasks one message carries. The broker's work is per message, so a batch of due tasks of one kind and
-/// priority travels as a few messages, not one per task; small batches still go one task per message, so that
-/// chains stay as fast and few tasks spread over every worker.
+/// priority travels as a few messages, not one per task; a run of one or two tasks still goes one task per message,
+/// so that chains stay as fast.
 const MESSAGE_TASKS_MAX: usize = 64;
 
-/// Splits a dispatch batch into messages: runs of the same kind and priority, each cut into at least 4 messages
-/// (up to [`MESSAGE_TASKS_MAX`] tasks each), in the batch's order.
+/// Messages a run of dispatches is cut into at least, so that it can go to as many workers at once. Two rather than
+/// four: on two cores RabbitMQ took 9 % of the CPU at four messages per 100-task workflow, and the production bench
+/// ran 10–14 % faster with two (BENCHMARKS.md, session 15).
+const MESSAGES_MIN: usize = 2;
+
+/// Splits a dispatch batch into messages: runs of the same kind and priority, each cut into at least
+/// [`MESSAGES_MIN`] messages (up to [`MESSAGE_TASKS_MAX`] tasks each), in the batch's order.
 fn pack(batch: Vec<Dispatch>) -> Vec<Vec<Dispatch>> {
     let mut runs: Vec<Vec<Dispatch>> = Vec::new();
     for d in batch {
@@ -253,7 +258,7 @@ fn pack(batch: Vec<Dispatch>) -> Vec<Vec<Dispatch>> {
     }
     let mut messages = Vec::new();
     for run in runs {
-        let size = run.len().div_ceil(4).clamp(1, MESSAGE_TASKS_MAX);
+        let size = run.len().div_ceil(MESSAGES_MIN).clamp(1, MESSAGE_TASKS_MAX);
         let mut run = run.into_iter().peekable();
         while run.peek().is_some() {
             messages.push(run.by_ref().take(size).collect());
@@ -394,10 +399,10 @@ mod tests {
 
     #[test]
     fn few_tasks_travel_one_per_message() {
-        let messages = pack((0..4).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1; 4]);
+        let messages = pack((0..2).map(|i| d("noop", 0, i)).collect());
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![1; 2]);
         let messages = pack((0..5).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 2]);
     }
 
     #[test]
@@ -408,7 +413,7 @@ mod tests {
         let seqs: Vec<u64> = messages.iter().flatten().map(|d| d.seq).collect();
         assert_eq!(seqs, (0..512).collect::<Vec<_>>());
         let messages = pack((0..100).map(|i| d("noop", 0, i)).collect());
-        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![25; 4]);
+        assert_eq!(messages.iter().map(Vec::len).collect::<Vec<_>>(), vec![50; 2]);
     }
 
     #[test]
