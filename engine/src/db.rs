@@ -140,8 +140,8 @@ impl Database {
 }
 
 /// A pooled connection is checked (one round trip) before it is handed out only once it has been idle this long:
-/// the pool's default checks every one, which made the ping a quarter of a dependency hop's round trips. A busy
-/// connection the server dropped fails its next statement instead, and callers retry.
+/// the pool's default checks every one, a round trip more per transaction. A busy connection the server dropped
+/// fails its next statement instead, and callers retry.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
 fn sqlite_options(url: &str, connections: u32) -> ConnectOptions {

@@ -133,13 +133,7 @@ async fn completing_a_task_continues_its_ready_dependent_with_the_reported_resul
     let wf = submit_pair(&store).await;
     let a = claim_root(&store).await;
     assert!(a.has_dependents);
-    let outcome = Outcome {
-        task_id: a.task_id,
-        phase: Phase::Run,
-        attempt: a.attempt,
-        kind: OutcomeKind::Completed(json!({ "n": 7 })),
-        started_at: None,
-    };
+    let outcome = completed(&a, json!({ "n": 7 }));
     let cont = Continuation { max: 4, kinds: vec!["noop".into()] };
     let report = store.report(vec![outcome], &mut || 0.5, &cont, LEASE_US).await.expect("report");
     assert_eq!(report.continued.len(), 1, "b is claimed in the completing transaction");
@@ -173,13 +167,7 @@ async fn a_pause_committed_while_a_completion_continues_is_seen_by_its_claim() {
         [wf.into()],
     );
     pause.execute_raw(paused).await.expect("pause");
-    let outcome = Outcome {
-        task_id: a.task_id,
-        phase: Phase::Run,
-        attempt: a.attempt,
-        kind: OutcomeKind::Completed(json!(1)),
-        started_at: None,
-    };
+    let outcome = completed(&a, json!(1));
     let reporting = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -356,13 +344,7 @@ async fn finished_tasks_and_tasks_waiting_for_dependencies_are_in_no_queue() {
     assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::DUE);
     assert_eq!(task_row(&store, wf, "b").await.dispatched_until, super::IN_NO_QUEUE);
     let a = claim_root(&store).await;
-    let done = Outcome {
-        task_id: a.task_id,
-        phase: Phase::Run,
-        attempt: a.attempt,
-        kind: OutcomeKind::Completed(json!(1)),
-        started_at: None,
-    };
+    let done = completed(&a, json!(1));
     let report = store.report(vec![done], &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
     assert_eq!(report.made_ready, 1);
     assert_eq!(task_row(&store, wf, "a").await.dispatched_until, super::IN_NO_QUEUE, "completed");
@@ -403,13 +385,7 @@ async fn a_batch_claims_each_fresh_dispatch_once_in_its_order_and_completes_with
     assert_eq!(claimed.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), vec!["c", "a"]);
     assert!(claimed.iter().all(|c| c.attempt == 1));
     assert_eq!(task_row(&store, wf, "b").await.status, "QUEUED", "the stale dispatch claimed nothing");
-    let done = |c: &Claimed, attempt: i32, result: serde_json::Value| Outcome {
-        task_id: c.task_id,
-        phase: Phase::Run,
-        attempt,
-        kind: OutcomeKind::Completed(result),
-        started_at: None,
-    };
+    let done = |c: &Claimed, attempt: i32, result: serde_json::Value| Outcome { attempt, ..completed(c, result) };
     let (c, a) = (&claimed[0], &claimed[1]);
     let outcomes = vec![done(c, 1, json!({ "z": 1, "a": [2] })), done(a, 7, json!("stale")), done(a, 1, json!(null))];
     let report = store.report(outcomes, &mut || 0.5, &Continuation::default(), LEASE_US).await.expect("report");
@@ -442,13 +418,7 @@ async fn dependencies_completed_in_one_batch_queue_each_dependent_once_after_the
     let due = store.fetch_due(10, None, LEASE_US).await.expect("fetch");
     let (claimed, _) = store.claim(&due, LEASE_US).await.expect("claim");
     let by_key: HashMap<_, _> = claimed.iter().map(|c| (c.key.as_str(), c)).collect();
-    let done = |key: &str| Outcome {
-        task_id: by_key[key].task_id,
-        phase: Phase::Run,
-        attempt: 1,
-        kind: OutcomeKind::Completed(json!(key)),
-        started_at: None,
-    };
+    let done = |key: &str| completed(by_key[key], json!(key));
     let report = store
         .report(vec![done("a"), done("b")], &mut || 0.5, &Continuation::default(), LEASE_US)
         .await
@@ -519,6 +489,17 @@ async fn migration_8_gives_existing_rows_their_queue_position_and_leased_rows_th
     let expired = store.expired_leases(10).await.expect("scan");
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].task_id.0, task_row(&store, wf, "running").await.id);
+}
+
+/// The completion of the claimed attempt `c`, with `result`.
+fn completed(c: &Claimed, result: serde_json::Value) -> Outcome {
+    Outcome {
+        task_id: c.task_id,
+        phase: Phase::Run,
+        attempt: c.attempt,
+        kind: OutcomeKind::Completed(result),
+        started_at: None,
+    }
 }
 
 /// The outcome of a peeked attempt that started at `started_at`.
